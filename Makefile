@@ -1,0 +1,47 @@
+# The README's whole set-up: `make demo` and `make test`. Both create the environment when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The stamp names a hash of the pins, so a changed pin reinstalls and an unchanged one does nothing.
+PINS := $(shell cat requirements.txt requirements-dev.txt setup.py | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(PINS)
+CHECKPOINTS := checkpoints/tiny
+DEMO_OUT ?= out/demo
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: env test lint demo checkpoints samples bench clean
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	rm -f $(VENV)/.installed-* && touch $@
+
+checkpoints: $(STAMP)
+	$(PY) -m teachers.tiny --out $(CHECKPOINTS)
+
+samples: $(STAMP)
+	$(PY) -m pipeline.sample_shards --out samples/raw
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP) checkpoints
+	$(PY) -m pipeline.reinforce --input 'samples/raw/*.tar' --output $(DEMO_OUT) \
+		--preset tiny --runner DirectRunner
+
+bench: $(STAMP)
+	for b in transforms teachers captioner pipeline trainer; do $(PY) -m bench.$$b || exit 1; done
+
+clean:
+	rm -rf out $(CHECKPOINTS) .pytest_cache

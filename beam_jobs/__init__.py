@@ -1,0 +1,1 @@
+"""Beam runner plumbing shared by the jobs: options, runner choice, metrics."""

@@ -1,0 +1,1 @@
+"""The reinforcement job: raw DataComp shards in, DataCompDR-style reinforced shards out."""

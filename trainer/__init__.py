@@ -1,0 +1,1 @@
+"""Companion trainer: MobileCLIP students on reinforced shards."""

@@ -1,0 +1,1 @@
+"""Augmentations that sample their parameters, record them, and replay them exactly."""
