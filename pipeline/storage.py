@@ -1,0 +1,101 @@
+"""Paths through Beam FileSystems, so local, gs:// and s3:// read and write alike.
+
+Every write goes to a hidden temporary sibling and is renamed into place only when complete: a
+reader (or a resumed run) never sees a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+RAW = CompressionTypes.UNCOMPRESSED  # never let a `.gz` name trigger transparent decompression
+
+
+def match(pattern: str) -> list[str]:
+    """Paths matching a glob, sorted so that every runner sees the same order."""
+    result = FileSystems.match([pattern])[0]
+    return sorted(m.path for m in result.metadata_list)
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/"))
+
+
+def dirname(path: str) -> str:
+    return FileSystems.split(path)[0]
+
+
+def open_read(path: str) -> BinaryIO:
+    return FileSystems.open(path, compression_type=RAW)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_read(path) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def delete(path: str) -> None:
+    """Delete a file; a missing one is not an error."""
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+def temporary_sibling(path: str) -> str:
+    """A hidden name beside `path`: globs like `*.tar` never match it."""
+    directory, name = FileSystems.split(path)
+    return FileSystems.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str) -> Iterator[BinaryIO]:
+    """Yield a binary file that appears as `path` only if the block exits cleanly."""
+    directory = dirname(path)
+    if directory and not FileSystems.exists(directory):
+        FileSystems.mkdirs(directory)
+    tmp = temporary_sibling(path)
+    f = FileSystems.create(tmp, compression_type=RAW)
+    try:
+        yield f
+        f.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            f.close()
+        with contextlib.suppress(Exception):
+            FileSystems.delete([tmp])
+        raise
+    commit(tmp, path)
+
+
+def commit(tmp: str, path: str) -> None:
+    """Move a finished temporary file to its final name, replacing an older one."""
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
