@@ -1,0 +1,227 @@
+"""Stream raw img2dataset shards (contract §1) sample by sample, turning bad input into counted skips.
+
+A raw shard is read once, front to back, never held whole in memory: members are grouped into a
+sample while their key stays the same (webdataset writes a sample's members together), and each
+finished group is checked and yielded. Nothing here decodes images; that is the shard stage's job.
+A damaged tar keeps every sample read before the damage and ends with one shard-level skip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import posixpath
+import re
+import tarfile
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline import storage
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CAPTION_EXTENSION = "txt"
+META_EXTENSION = "json"
+# DataComp images are at most 512 px a side (a few hundred KB); a member far beyond that is not an image
+# we want, and reading it would put the worker's memory at the mercy of the input.
+DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
+# An output `__key__` becomes member names of the output tar: keep it to plain, path-free characters.
+_SAFE_UID = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
+
+
+class SkipReason:
+    """Why a sample (or the rest of a shard) was skipped: short tags, counted in stats and errors files."""
+
+    MISSING_IMAGE = "missing_image"
+    MISSING_CAPTION = "missing_caption"
+    CAPTION_NOT_UTF8 = "caption_not_utf8"
+    INVALID_JSON = "invalid_json"
+    DUPLICATE_KEY = "duplicate_key"
+    DUPLICATE_UID = "duplicate_uid"
+    DUPLICATE_MEMBER = "duplicate_member"
+    UNSAFE_MEMBER_NAME = "unsafe_member_name"
+    MEMBER_TOO_LARGE = "member_too_large"
+    TRUNCATED_TAR = "truncated_tar"
+    CORRUPT_TAR = "corrupt_tar"
+    EMPTY_TAR = "empty_tar"
+    UNREADABLE_SHARD = "unreadable_shard"
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSample:
+    """One well-formed input sample; `uid` is the output key (the DataComp uid, else the input key)."""
+
+    key: str
+    uid: str
+    image: bytes
+    image_ext: str
+    caption: str
+    meta: dict[str, Any]
+    url: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedSample:
+    """A sample that will not be written; with `whole_shard`, `key` is the shard and the rest is unread."""
+
+    key: str
+    reason: str
+    detail: str = ""
+    whole_shard: bool = False
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """(key, extension) the webdataset way: the key ends at the first dot of the basename."""
+    directory, base = posixpath.split(name)
+    stem, dot, ext = base.partition(".")
+    key = posixpath.join(directory, stem) if directory else stem
+    return key, ext.lower() if dot else ""
+
+
+def is_unsafe_member_name(name: str) -> bool:
+    """Absolute paths and `..` components could escape a directory if anyone ever extracted them."""
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return True
+    return any(part == ".." for part in re.split(r"[/\\]", name))
+
+
+@dataclasses.dataclass
+class _Group:
+    key: str
+    members: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    problem: SkippedSample | None = None
+
+
+def iter_raw_shard(
+    path: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[RawSample | SkippedSample]:
+    """Yield the shard's samples in tar order; every skip is a SkippedSample with a reason."""
+    shard = storage.basename(path)
+    try:
+        stream = storage.open_read(path)
+    except Exception as exc:  # a missing or unreadable object: the whole shard is one skip
+        yield SkippedSample(shard, SkipReason.UNREADABLE_SHARD, _short(exc), whole_shard=True)
+        return
+    with stream:
+        yield from _iter_stream(stream, shard, max_member_bytes)
+
+
+def _iter_stream(stream: Any, shard: str, max_member_bytes: int) -> Iterator[RawSample | SkippedSample]:
+    seen_keys: set[str] = set()
+    seen_uids: set[str] = set()
+    group: _Group | None = None
+    members_read = 0
+    damage: SkippedSample | None = None
+    try:
+        archive = _open_stream_tar(stream)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        # tarfile cannot even read a first header: an empty file, or bytes that are not a tar.
+        empty = "empty" in str(exc).lower()
+        reason = SkipReason.EMPTY_TAR if empty else SkipReason.CORRUPT_TAR
+        yield SkippedSample(shard, reason, _short(exc), whole_shard=True)
+        return
+    with archive:
+        try:
+            for info in archive:
+                if not info.isfile():
+                    continue  # directories and links carry no sample data
+                members_read += 1
+                key, ext = split_member_name(info.name)
+                if group is not None and key != group.key:
+                    yield from _finish(group, seen_keys, seen_uids)
+                    group = None
+                if group is None:
+                    group = _Group(key)
+                    if is_unsafe_member_name(info.name):
+                        group.problem = SkippedSample(info.name, SkipReason.UNSAFE_MEMBER_NAME)
+                    elif key in seen_keys:
+                        group.problem = SkippedSample(key, SkipReason.DUPLICATE_KEY)
+                if group.problem is not None:
+                    continue  # the rest of a rejected sample's members are not even read
+                if is_unsafe_member_name(info.name):
+                    group.problem = SkippedSample(key, SkipReason.UNSAFE_MEMBER_NAME, info.name)
+                elif info.size > max_member_bytes:
+                    group.problem = SkippedSample(
+                        key, SkipReason.MEMBER_TOO_LARGE, f"{info.name}: {info.size} bytes"
+                    )
+                elif ext in group.members:
+                    group.problem = SkippedSample(key, SkipReason.DUPLICATE_MEMBER, info.name)
+                else:
+                    member = archive.extractfile(info)
+                    group.members[ext] = member.read() if member is not None else b""
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            truncated = isinstance(exc, EOFError) or "unexpected end" in str(exc).lower()
+            reason = SkipReason.TRUNCATED_TAR if truncated else SkipReason.CORRUPT_TAR
+            damage = SkippedSample(shard, reason, _short(exc), whole_shard=True)
+    if group is not None:
+        for item in _finish(group, seen_keys, seen_uids):
+            if damage is not None and isinstance(item, SkippedSample):
+                # The damage cut this sample short: that, not a missing member, is why it is lost.
+                item = SkippedSample(item.key, damage.reason, item.reason)
+            yield item
+    if damage is not None:
+        yield damage
+    elif members_read == 0:
+        yield SkippedSample(shard, SkipReason.EMPTY_TAR, "the tar holds no files", whole_shard=True)
+
+
+def _open_stream_tar(stream: Any) -> tarfile.TarFile:
+    """A forward-only reader (`r|*`): plain or compressed tars, no seeking, no whole-file buffering."""
+    return tarfile.open(fileobj=stream, mode="r|*")
+
+
+def _finish(group: _Group, seen_keys: set[str], seen_uids: set[str]) -> Iterator[RawSample | SkippedSample]:
+    if group.problem is not None:
+        if group.problem.reason != SkipReason.DUPLICATE_KEY:
+            seen_keys.add(group.key)
+        yield group.problem
+        return
+    seen_keys.add(group.key)
+    yield _to_sample(group, seen_uids)
+
+
+def _to_sample(group: _Group, seen_uids: set[str]) -> RawSample | SkippedSample:
+    key, members = group.key, group.members
+    image_exts = [ext for ext in IMAGE_EXTENSIONS if ext in members]
+    if not image_exts:
+        return SkippedSample(key, SkipReason.MISSING_IMAGE)
+    if len(image_exts) > 1:
+        return SkippedSample(key, SkipReason.DUPLICATE_MEMBER, f"images {', '.join(image_exts)}")
+    meta: dict[str, Any] = {}
+    if META_EXTENSION in members:
+        try:
+            meta = json.loads(members[META_EXTENSION].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            return SkippedSample(key, SkipReason.INVALID_JSON, _short(exc))
+        if not isinstance(meta, dict):
+            return SkippedSample(key, SkipReason.INVALID_JSON, f"a JSON {type(meta).__name__}, not an object")
+    if CAPTION_EXTENSION in members:
+        try:
+            caption = members[CAPTION_EXTENSION].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return SkippedSample(key, SkipReason.CAPTION_NOT_UTF8, _short(exc))
+    elif isinstance(meta.get("caption"), str):
+        caption = meta["caption"]  # the same alt-text, stored by img2dataset in the json too
+    else:
+        return SkippedSample(key, SkipReason.MISSING_CAPTION)
+    raw_uid = meta.get("uid")
+    uid = raw_uid if isinstance(raw_uid, str) and _SAFE_UID.match(raw_uid) else key
+    if uid in seen_uids:
+        return SkippedSample(key, SkipReason.DUPLICATE_UID, uid)
+    seen_uids.add(uid)
+    url = meta.get("url")
+    ext = image_exts[0]
+    return RawSample(
+        key=key,
+        uid=uid,
+        image=members[ext],
+        image_ext=ext,
+        caption=caption,
+        meta=meta,
+        url=url if isinstance(url, str) else None,
+    )
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
