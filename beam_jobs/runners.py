@@ -1,0 +1,78 @@
+"""Runner choice and pipeline options: `--runner` names mapped to runners that work offline here.
+
+Beam 2.77's `DirectRunner` first tries the Prism runner, which downloads a Prism binary: on a
+machine without network that means a slow failure before any work. `DirectRunner` here means the
+in-process `FnApiRunner`, which is what DirectRunner falls back to for batch pipelines anyway, and
+still honours `--direct_num_workers` and `--direct_running_mode`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+DIRECT_ALIASES = frozenset({"DirectRunner", "FnApiRunner", "SwitchingDirectRunner"})
+DASK = "DaskRunner"
+
+
+class ReinforceWorkerOptions(PipelineOptions):
+    """Options of ours that every worker reads (they travel with the pipeline options)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument(
+            "--model_threads",
+            type=int,
+            default=0,
+            help="torch threads per worker process; 0 = this machine's cores / worker processes per machine",
+        )
+        parser.add_argument(
+            "--workers_per_machine",
+            type=int,
+            default=0,
+            help="worker processes sharing one machine's cores (for --model_threads 0); 0 = guess from "
+            "--direct_num_workers on local runners, 1 elsewhere",
+        )
+
+
+def runner_name(options: PipelineOptions) -> str:
+    return options.view_as(StandardOptions).runner or "DirectRunner"
+
+
+def is_local(options: PipelineOptions) -> bool:
+    """Runs whose workers share the launcher's machine and disk (progress line, tiny preset)."""
+    return runner_name(options) in DIRECT_ALIASES
+
+
+def create_runner(options: PipelineOptions) -> Any:
+    """A runner object for the names we map, else the name itself for Beam to resolve."""
+    name = runner_name(options)
+    if name in DIRECT_ALIASES:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    if name == DASK:
+        from apache_beam.runners.dask.dask_runner import DaskRunner
+
+        return DaskRunner()
+    return name
+
+
+def local_worker_processes(options: PipelineOptions) -> int:
+    """How many worker processes a local run starts on this machine."""
+    direct = options.view_as(DirectOptions)
+    if runner_name(options) not in DIRECT_ALIASES or direct.direct_running_mode == "in_memory":
+        return 1
+    workers = direct.direct_num_workers
+    return os.cpu_count() or 1 if workers == 0 else max(1, workers or 1)
+
+
+def model_threads(options: PipelineOptions) -> int:
+    """torch threads for each worker: explicit, else the cores split between the processes that share them."""
+    ours = options.view_as(ReinforceWorkerOptions)
+    if ours.model_threads > 0:
+        return ours.model_threads
+    sharing = ours.workers_per_machine or local_worker_processes(options)
+    return max(1, (os.cpu_count() or 1) // max(1, sharing))

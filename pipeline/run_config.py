@@ -1,0 +1,169 @@
+"""The settings of one reinforcement run, and the run's `config.json` that trainers and validators read.
+
+`ReinforceSettings` is what every worker needs (plain values, cheap to pickle into the Beam graph;
+models travel as spec strings, never as objects). `config.json` is written once, atomically, before
+any shard: a resumed run must have the same config, or its shards would not belong together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from importlib import metadata
+from typing import Any
+
+from pipeline import storage
+
+SCHEMA_VERSION = 1
+CONFIG_FILE = "config.json"
+PRECISIONS = ("fp32", "bf16")
+# Decompression-bomb cap (≈ 5800² px): far above DataComp's 512-px images, far below a worker's memory.
+DEFAULT_MAX_IMAGE_PIXELS = 2**25
+DEFAULT_BATCH_SIZE = 64
+# Libraries whose versions can change the bytes we write; recorded so a run can be reproduced.
+VERSIONED_LIBRARIES = (
+    "datacompdr-reinforce",
+    "apache-beam",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "transformers",
+    "timm",
+    "numpy",
+    "pillow",
+    "pyarrow",
+    "webdataset",
+)
+
+
+class ConfigError(ValueError):
+    """The run cannot start as configured (bad flag value, unloadable model, mismatched resume)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReinforceSettings:
+    input_pattern: str
+    output_dir: str
+    preset: str
+    teachers: tuple[str, ...]
+    kd_logit_scales: tuple[float, ...]
+    captioner: str
+    num_views: int
+    num_captions: int
+    seed: int = 0
+    precision: str = "fp32"
+    embedding_dtype: str = "fp32"
+    layout: str = "v1"
+    caption_tag: str = "coca"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    def validate(self) -> None:
+        problems = []
+        if not self.teachers:
+            problems.append("at least one teacher is needed")
+        if len(self.kd_logit_scales) != len(self.teachers):
+            problems.append(f"{len(self.teachers)} teachers but {len(self.kd_logit_scales)} KD logit scales")
+        if any(scale <= 0 for scale in self.kd_logit_scales):
+            problems.append("KD logit scales must be positive")
+        if not self.captioner:
+            problems.append("a captioner spec is needed")
+        if self.num_views < 1:
+            problems.append("--num-views must be at least 1")
+        if self.num_captions < 1:
+            problems.append("--num-captions must be at least 1")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {PRECISIONS}")
+        if self.embedding_dtype not in ("fp32", "bf16"):
+            problems.append("--embedding-dtype must be fp32 or bf16")
+        if self.layout not in ("v1", "v2"):
+            problems.append("--layout must be v1 or v2")
+        if not self.caption_tag.replace("_", "").isalnum():
+            problems.append("--caption-tag must be letters, digits and underscores")
+        if self.batch_size < 1:
+            problems.append("--batch-size must be at least 1")
+        if self.max_image_pixels < 1:
+            problems.append("--max-image-pixels must be at least 1")
+        if not 0 <= self.seed < 2**63:
+            problems.append("--seed must be in [0, 2**63)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def caption_family(self) -> str:
+        """v1 stores the one family `syn_text`; v2 names it `syn_text_<tag>` as the public v2 shards do."""
+        return "syn_text" if self.layout == "v1" else f"syn_text_{self.caption_tag}"
+
+    @property
+    def samples_per_batch(self) -> int:
+        """Samples grouped per model call, so that one teacher forward sees about `batch_size` views."""
+        return max(1, -(-self.batch_size // self.num_views))
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_run_config(
+    settings: ReinforceSettings,
+    *,
+    teachers: list[dict[str, Any]],
+    captioner: dict[str, Any],
+    image_augmentation: dict[str, Any],
+    param_aug_version: int,
+) -> dict[str, Any]:
+    """The run's config.json content; `teachers`/`captioner` come from the loaded models' describe()."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "layout": settings.layout,
+        "embedding_dtype": settings.embedding_dtype,
+        "teachers": teachers,
+        "captioner": {**captioner, "num_captions": settings.num_captions},
+        "caption_family": settings.caption_family,
+        "reinforce": {"image_augmentation": image_augmentation},
+        "num_views": settings.num_views,
+        "num_captions": settings.num_captions,
+        "param_aug_version": param_aug_version,
+        "seed": settings.seed,
+        "preset": settings.preset,
+        "max_image_pixels": settings.max_image_pixels,
+        "versions": library_versions(),
+    }
+
+
+def config_bytes(config: dict[str, Any]) -> bytes:
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write_or_check_run_config(output_dir: str, config: dict[str, Any]) -> bool:
+    """Write config.json, or, when resuming, insist the existing one describes the same run.
+
+    Returns True when a config was already there (a resumed run). Only library versions may differ:
+    a resumed run on an upgraded machine is still the same run, and the first versions are kept.
+    """
+    path = storage.join(output_dir, CONFIG_FILE)
+    if not storage.exists(path):
+        storage.write_bytes_atomic(path, config_bytes(config))
+        return False
+    try:
+        existing = json.loads(storage.read_text(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); remove it or pick a new --output") from exc
+    differing = sorted(
+        key
+        for key in set(existing) | set(config)
+        if key != "versions" and existing.get(key) != json.loads(json.dumps(config.get(key)))
+    )
+    if differing:
+        raise ConfigError(
+            f"{path} was written by a run with different settings ({', '.join(differing)}); "
+            "resume with the same settings or pick a new --output"
+        )
+    return True

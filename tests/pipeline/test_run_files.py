@@ -1,0 +1,111 @@
+"""Run-level files: presets, config.json (written once, checked on resume), stats, manifest, summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pipeline.presets import PRESETS, resolve_preset
+from pipeline.run_config import (
+    ConfigError,
+    ReinforceSettings,
+    build_run_config,
+    write_or_check_run_config,
+)
+from pipeline.shard_stats import (
+    ShardStats,
+    SkipRecord,
+    finalize_run,
+    is_committed,
+    output_paths,
+    read_shard_stats,
+    shard_name,
+    write_shard_outcome,
+)
+
+
+def settings(**overrides) -> ReinforceSettings:
+    base = ReinforceSettings(
+        input_pattern="in/*.tar",
+        output_dir="out",
+        preset="datacompdr12m",
+        teachers=("ViT-L-14@openai", "ViT-L-14@datacomp_xl_s13b_b90k"),
+        kd_logit_scales=(100.0, 100.0),
+        captioner="coca_ViT-L-14@mscoco_finetuned_laion2B-s13B-b90k",
+        num_views=30,
+        num_captions=5,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def test_presets_carry_contract_section_4():
+    dr12m, dr1b, mc2 = PRESETS["datacompdr12m"], PRESETS["datacompdr1b"], PRESETS["mobileclip2"]
+    assert dr12m.teachers == ("ViT-L-14@openai", "ViT-L-14@datacomp_xl_s13b_b90k")
+    assert (dr12m.num_views, dr12m.num_captions, dr1b.num_views) == (30, 5, 10)
+    assert dr1b.teachers == dr12m.teachers and dr1b.captioner == dr12m.captioner
+    assert mc2.kd_logit_scales == (70.0, 60.0) and mc2.num_views == 10
+    assert all(len(p.kd_logit_scales) == 2 for p in PRESETS.values())
+    with pytest.raises(KeyError, match="unknown preset"):
+        resolve_preset("nope")
+
+
+def test_settings_validation_names_every_problem():
+    settings().validate()
+    bad = settings(kd_logit_scales=(100.0,), num_views=0, layout="v3", precision="fp16")
+    with pytest.raises(ConfigError) as err:
+        bad.validate()
+    for fragment in ("KD logit scales", "--num-views", "--layout", "--precision"):
+        assert fragment in str(err.value)
+
+
+def test_caption_family_and_samples_per_batch():
+    assert settings().caption_family == "syn_text"
+    assert settings(layout="v2", caption_tag="coca").caption_family == "syn_text_coca"
+    assert settings(batch_size=64, num_views=30).samples_per_batch == 3  # >= 64 views per forward
+    assert settings(batch_size=4, num_views=30).samples_per_batch == 1
+
+
+def run_config(**overrides) -> dict:
+    return build_run_config(
+        settings(**overrides),
+        teachers=[{"spec": "ViT-L-14@openai", "dim": 768, "kd_logit_scale": 100.0}],
+        captioner={"spec": "coca"},
+        image_augmentation={"random_resized_crop": {"size": 224}},
+        param_aug_version=1,
+    )
+
+
+def test_config_written_once_and_a_resume_must_match(tmp_path):
+    out = str(tmp_path / "out")
+    config = run_config()
+    assert config["reinforce"] == {"image_augmentation": {"random_resized_crop": {"size": 224}}}
+    assert config["schema_version"] == 1 and config["num_views"] == 30 and "torch" in config["versions"]
+    assert write_or_check_run_config(out, config) is False
+    first = (tmp_path / "out" / "config.json").read_bytes()
+    upgraded = dict(config, versions={"torch": "99"})
+    assert write_or_check_run_config(out, upgraded) is True  # same run, newer libraries: resumable
+    assert (tmp_path / "out" / "config.json").read_bytes() == first
+    with pytest.raises(ConfigError, match="num_views"):
+        write_or_check_run_config(out, run_config(num_views=10))
+
+
+def test_stats_commit_a_shard_and_feed_manifest_and_summary(tmp_path):
+    out = str(tmp_path)
+    assert shard_name("gs://b/raw/00000007.tar") == "00000007"
+    stats = ShardStats("00000007", "raw/00000007.tar", num_read=5, num_written=3)
+    stats.skipped = {"image_undecodable": 1, "duplicate_key": 1}
+    stats.seconds = {"embed_images": 1.5}
+    assert not is_committed(out, "00000007")
+    write_shard_outcome(out, stats, [SkipRecord("k1", "image_undecodable", "not an image")])
+    assert is_committed(out, "00000007")
+    assert read_shard_stats(out, "00000007") == stats
+    errors = (tmp_path / "00000007_errors.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in errors] == [
+        {"key": "k1", "reason": "image_undecodable", "detail": "not an image"}
+    ]
+    summary = finalize_run(out, ["00000009", "00000007"])
+    assert (tmp_path / "manifest.jsonl").read_text() == '{"shard": "00000007", "num_samples": 3}\n'
+    assert summary.missing_shards == ["00000009"] and summary.num_written == 3 and summary.num_skipped == 2
+    assert output_paths(out, "00000007")["tar"].endswith("00000007.tar")
