@@ -1,0 +1,229 @@
+"""Resolve what a user points inspect/validate at, and read its shards and the run files beside them.
+
+A PATH is one shard (`.../00000000.tar`), a glob of shards, or an output folder. Shards of our own
+runs sit beside `config.json`, `manifest.jsonl` and per-shard stats/errors files; public DataCompDR
+shards have none of these, so every run file here is optional and reading one never raises: a file
+that is missing or unreadable comes back as None plus a problem string for the validator to report.
+
+Public DataCompDR shards are published without images or original captions (users fetch the images
+from `url.txt` themselves); `iter_entries` still decodes such a sample, with empty image bytes, so
+its embeddings and parameters can be checked and shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.run_config import CONFIG_FILE
+from pipeline.shard_format import (
+    IMAGE_MEMBERS,
+    ReinforcedSample,
+    ShardFormatError,
+    decode_sample,
+    iter_members,
+)
+from pipeline.shard_stats import ERRORS_SUFFIX, MANIFEST_FILE, STATS_SUFFIX, ShardStats, shard_name
+
+_GLOB_CHARS = frozenset("*?[")
+MAX_INFERRED_TEACHERS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSlice:
+    """Columns [start, stop) of the D-wide embeddings belong to one teacher, L2-normalised on their own."""
+
+    name: str
+    start: int
+    stop: int
+
+    @property
+    def dim(self) -> int:
+        return self.stop - self.start
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """The shards a PATH names, and the run files found beside them (None where absent)."""
+
+    path: str
+    root: str  # the folder holding the shards (and run files, when there are any)
+    shards: list[str]  # tar paths, sorted
+    is_folder: bool  # PATH named a whole output folder, so every run file is expected to describe it
+    config: dict[str, Any] | None = None
+    manifest: list[dict[str, Any]] | None = None
+    problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, what)
+
+    @property
+    def config_path(self) -> str:
+        return storage.join(self.root, CONFIG_FILE)
+
+    @property
+    def manifest_path(self) -> str:
+        return storage.join(self.root, MANIFEST_FILE)
+
+    def stats_path(self, shard: str) -> str:
+        return storage.join(self.root, f"{shard_name(shard)}{STATS_SUFFIX}")
+
+    def errors_path(self, shard: str) -> str:
+        return storage.join(self.root, f"{shard_name(shard)}{ERRORS_SUFFIX}")
+
+    def parquet_path(self, shard: str) -> str:
+        return storage.join(self.root, f"{shard_name(shard)}.parquet")
+
+    def stats(self, shard: str) -> ShardStats | None:
+        """The shard's committed stats, or None (public shards, unfinished shards, unreadable files)."""
+        data = _read_json(self.stats_path(shard), self.problems)
+        if data is None:
+            return None
+        try:
+            return ShardStats.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            self.problems.append((self.stats_path(shard), f"not a stats file: {error}"))
+            return None
+
+    def errors(self, shard: str) -> list[dict[str, Any]]:
+        """The shard's errors-file records (`key`, `reason`, ...); empty when there is no such file."""
+        path = self.errors_path(shard)
+        if not storage.exists(path):
+            return []
+        records = []
+        for number, line in enumerate(storage.read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                self.problems.append((path, f"line {number} is not JSON: {error}"))
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                self.problems.append((path, f"line {number} is not a JSON object"))
+        return records
+
+    def teacher_slices(self) -> list[TeacherSlice] | None:
+        """Per-teacher column ranges from config.json, or None when there is no usable config."""
+        teachers = (self.config or {}).get("teachers")
+        if not isinstance(teachers, list) or not teachers:
+            return None
+        slices, start = [], 0
+        for index, teacher in enumerate(teachers):
+            dim = teacher.get("dim") if isinstance(teacher, dict) else None
+            if not isinstance(dim, int) or dim < 1:
+                self.problems.append((self.config_path, f"teachers[{index}] has no positive integer dim"))
+                return None
+            name = str(teacher.get("name") or teacher.get("spec") or f"teacher {index}")
+            slices.append(TeacherSlice(name, start, start + dim))
+            start += dim
+        return slices
+
+
+def open_run(path: str) -> RunFolder:
+    """Resolve PATH into its shards and read the run files beside them."""
+    path = path.rstrip("/") if len(path) > 1 else path
+    if any(char in _GLOB_CHARS for char in path):
+        shards, root, is_folder = storage.match(path), storage.dirname(path), False
+    elif path.endswith(".tar"):
+        shards, root, is_folder = [path], storage.dirname(path), False
+    else:
+        shards, root, is_folder = storage.match(storage.join(path, "*.tar")), path, True
+    run = RunFolder(path=path, root=root, shards=shards, is_folder=is_folder)
+    run.config = _read_json(run.config_path, run.problems)
+    run.manifest = _read_manifest(run.manifest_path, run.problems)
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardEntry:
+    """One sample of a shard as found: its member names, and the decoded sample or why it failed."""
+
+    key: str
+    members: frozenset[str]
+    sample: ReinforcedSample | None = None
+    error: ShardFormatError | None = None
+
+    @property
+    def has_image(self) -> bool:
+        return any(member in self.members for member in IMAGE_MEMBERS)
+
+
+def iter_entries(shard: str) -> Iterator[ShardEntry]:
+    """Every sample of a shard in tar order; a damaged tar ends with one `unreadable_tar` entry."""
+    try:
+        for members in iter_members(shard):
+            key = str(members.get("__key__", ""))
+            names = frozenset(name for name in members if not name.startswith("__"))
+            if not any(member in names for member in IMAGE_MEMBERS):
+                members = {**members, "jpg": b""}  # published layout: check everything but the image
+            try:
+                yield ShardEntry(key, names, sample=decode_sample(members))
+            except ShardFormatError as error:
+                yield ShardEntry(key, names, error=error)
+    except Exception as error:  # truncated or not a tar: what came before was already yielded
+        yield ShardEntry(
+            "", frozenset(), error=ShardFormatError("unreadable_tar", f"{type(error).__name__}: {error}")
+        )
+
+
+def slices_from_dims(dims: list[int], names: list[str] | None = None) -> list[TeacherSlice]:
+    """Teacher slices from explicit widths (e.g. `--teacher-dims 768,768` for public shards)."""
+    slices, start = [], 0
+    for index, dim in enumerate(dims):
+        name = names[index] if names and index < len(names) else f"teacher {index}"
+        slices.append(TeacherSlice(name, start, start + dim))
+        start += dim
+    return slices
+
+
+def infer_slices(image_emb: np.ndarray, tolerance: float) -> list[TeacherSlice] | None:
+    """Teacher widths of a shard without config: the fewest equal slices, each unit-norm in every row."""
+    dim = image_emb.shape[1]
+    for count in range(1, MAX_INFERRED_TEACHERS + 1):
+        if dim % count:
+            continue
+        slices = slices_from_dims([dim // count] * count)
+        if all(
+            np.allclose(np.linalg.norm(image_emb[:, s.start : s.stop], axis=1), 1.0, atol=tolerance)
+            for s in slices
+        ):
+            return slices
+    return None
+
+
+def _read_json(path: str, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
+    if not storage.exists(path):
+        return None
+    try:
+        data = json.loads(storage.read_text(path))
+    except (ValueError, UnicodeDecodeError, OSError) as error:
+        problems.append((path, f"unreadable JSON: {error}"))
+        return None
+    if not isinstance(data, dict):
+        problems.append((path, "not a JSON object"))
+        return None
+    return data
+
+
+def _read_manifest(path: str, problems: list[tuple[str, str]]) -> list[dict[str, Any]] | None:
+    if not storage.exists(path):
+        return None
+    entries = []
+    for number, line in enumerate(storage.read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append((path, f"line {number} is not JSON: {error}"))
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("shard"), str):
+            problems.append((path, f"line {number} has no shard name"))
+            continue
+        entries.append(entry)
+    return entries

@@ -1,0 +1,178 @@
+"""Reinforced shards and run folders for the inspect/validate tests, built from the bundled raw shards.
+
+Views are sampled with the real augmenter (so crop boxes fit the real images), embeddings are seeded
+random unit vectors per teacher slice, and run files are written with the job's own writers. This
+keeps these tests fast and independent of the models; the real job's output is used where it matters
+(see `reinforced_run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.raw_shards import RawSample, SkippedSample, iter_raw_shard
+from pipeline.run_config import config_bytes
+from pipeline.shard_format import ReinforcedSample, write_shard
+from pipeline.shard_stats import ShardStats, SkipRecord, finalize_run, write_shard_outcome
+from pipeline.shard_writer import ShardWriter
+from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter, decode_image, encode_param_aug, view_rng
+
+REPO = Path(__file__).resolve().parents[2]
+TEACHER_DIMS = (32, 48)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    layout: str = "v1"
+    embedding_dtype: str = "fp32"
+    dims: tuple[int, ...] = TEACHER_DIMS
+    num_views: int = 3
+    num_captions: int = 2
+    shards: tuple[str, ...] = ("00000000.tar",)
+    max_samples: int | None = 6
+    view_size: int = 64
+
+
+def unit_rows(rng: np.random.Generator, rows: int, dims: tuple[int, ...]) -> np.ndarray:
+    parts = []
+    for dim in dims:
+        block = rng.standard_normal((rows, dim)).astype(np.float32)
+        parts.append(block / np.linalg.norm(block, axis=1, keepdims=True))
+    return np.concatenate(parts, axis=1)
+
+
+def augmentation(view_size: int) -> dict:
+    recipe = json.loads(json.dumps(DATACOMPDR_AUGMENTATION))
+    recipe["random_resized_crop"]["size"] = view_size
+    return recipe
+
+
+def reinforce_raw(raw: RawSample, spec: RunSpec, seed: int = 0) -> ReinforcedSample:
+    """A sample as the job would write it, with random (but unit-norm) embeddings."""
+    image = decode_image(raw.image)
+    augmenter = ViewAugmenter.from_config(augmentation(spec.view_size))
+    params = [augmenter.sample(view_rng(seed, raw.uid, k), image.size) for k in range(spec.num_views)]
+    rng = np.random.default_rng(int(hashlib.sha256(raw.uid.encode()).hexdigest()[:12], 16))
+    family = "syn_text" if spec.layout == "v1" else "syn_text_coca"
+    meta = {**raw.meta, "uid": raw.uid, "width": image.width, "height": image.height}
+    meta.setdefault("sha256", "0" * 64)
+    return ReinforcedSample(
+        key=raw.uid,
+        image=raw.image,
+        image_ext=raw.image_ext,
+        caption=raw.caption,
+        url=raw.url,
+        meta=meta,
+        param_aug=[encode_param_aug(p) for p in params],
+        image_emb=unit_rows(rng, spec.num_views, spec.dims),
+        caption_emb=unit_rows(rng, 1, spec.dims)[0],
+        syn_captions={family: [f"a synthetic caption {k} of {raw.key}" for k in range(spec.num_captions)]},
+        syn_emb={family: unit_rows(rng, spec.num_captions, spec.dims)},
+    )
+
+
+def run_config(spec: RunSpec) -> dict:
+    return {
+        "schema_version": 1,
+        "layout": spec.layout,
+        "embedding_dtype": spec.embedding_dtype,
+        "teachers": [
+            {"spec": f"local-dir:/tiny/{name}", "name": name, "dim": dim, "kd_logit_scale": 100.0}
+            for name, dim in zip(("clip-a", "clip-b"), spec.dims, strict=False)
+        ],
+        "captioner": {"spec": "local-dir:/tiny/coca", "num_captions": spec.num_captions},
+        "caption_family": "syn_text" if spec.layout == "v1" else "syn_text_coca",
+        "reinforce": {"image_augmentation": augmentation(spec.view_size)},
+        "num_views": spec.num_views,
+        "num_captions": spec.num_captions,
+        "param_aug_version": 1,
+        "seed": 0,
+        "preset": "test",
+        "versions": {},
+    }
+
+
+def build_samples(
+    raw_dir: Path, shard: str, spec: RunSpec
+) -> tuple[list[ReinforcedSample], list[SkipRecord], int]:
+    """(samples, skip records, samples read) of one raw shard; skips beyond max_samples are 'test_limit'."""
+    samples, skips, read = [], [], 0
+    for item in iter_raw_shard(str(raw_dir / shard)):
+        if isinstance(item, SkippedSample):
+            if not item.whole_shard:
+                read += 1
+                skips.append(SkipRecord(item.key, item.reason, item.detail))
+            continue
+        read += 1
+        if spec.max_samples is not None and len(samples) >= spec.max_samples:
+            skips.append(SkipRecord(item.key, "test_limit"))
+            continue
+        samples.append(reinforce_raw(item, spec))
+    return samples, skips, read
+
+
+def build_run(raw_dir: Path, out: Path, spec: RunSpec = RunSpec(), *, run_files: bool = True) -> Path:
+    """An output folder as the job writes it (tar, parquet, errors, stats, config, manifest)."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for shard in spec.shards:
+        name = shard.removesuffix(".tar")
+        names.append(name)
+        samples, skips, read = build_samples(raw_dir, shard, spec)
+        if not run_files:
+            write_shard(str(out / shard), samples, spec.layout, spec.embedding_dtype)
+            continue
+        with ShardWriter(
+            str(out / shard), str(out / f"{name}.parquet"), spec.layout, spec.embedding_dtype
+        ) as writer:
+            for sample in samples:
+                writer.write(sample)
+        stats = ShardStats(
+            shard=name, input_path=str(raw_dir / shard), num_read=read, num_written=len(samples)
+        )
+        for record in skips:
+            stats.skipped[record.reason] = stats.skipped.get(record.reason, 0) + 1
+        stats.seconds = {"read": 0.01, "decode": 0.02, "embed_images": 0.5}
+        write_shard_outcome(str(out), stats, skips)
+    if run_files:
+        (out / "config.json").write_bytes(config_bytes(run_config(spec)))
+        finalize_run(str(out), names)
+    return out
+
+
+@pytest.fixture
+def make_run(sample_raw_dir: Path, tmp_path: Path) -> Callable[..., Path]:
+    counter = iter(range(1000))
+
+    def make(*, run_files: bool = True, **spec: Any) -> Path:
+        """`make_run(layout="v2", dims=(64, 64), run_files=False)`: fields of RunSpec as keywords."""
+        return build_run(
+            sample_raw_dir, tmp_path / f"run{next(counter)}", RunSpec(**spec), run_files=run_files
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def reinforced_run(sample_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real job's output on the bundled raw shards (tiny preset), made once per session."""
+    out = tmp_path_factory.mktemp("reinforced") / "out"
+    command = [
+        sys.executable, "-m", "pipeline.reinforce",
+        "--input", str(sample_raw_dir / "*.tar"), "--output", str(out),
+        "--preset", "tiny", "--runner", "DirectRunner",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise AssertionError(f"the job failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return out

@@ -1,0 +1,280 @@
+"""`python -m pipeline.validate`: a good run passes, and each broken promise of contract §2 is named."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import validate
+from pipeline.shard_format import iter_members, open_tar_writer
+
+Members = dict[str, Any]
+
+
+def rewrite_shard(path: Path, change: Callable[[int, Members], Members | None]) -> None:
+    """Rewrite a tar sample by sample; `change(index, members)` returns new members, or None to drop."""
+    samples = list(iter_members(str(path)))
+    with path.open("wb") as f:
+        writer = open_tar_writer(f)
+        for index, members in enumerate(samples):
+            changed = change(index, dict(members))
+            if changed is not None:
+                writer.write(changed)
+        writer.close()
+
+
+def only_first(edit: Callable[[Members], Members | None]) -> Callable[[int, Members], Members | None]:
+    return lambda index, members: edit(members) if index == 0 else members
+
+
+def npz_arrays(members: Members) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(members["npz"]), allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def with_npz(members: Members, arrays: dict[str, np.ndarray]) -> Members:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return {**members, "npz": buffer.getvalue()}
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    code = validate.main(args)
+    return code, capsys.readouterr().out.splitlines()
+
+
+def problems_of(path: Path, **kwargs: Any) -> list[validate.Problem]:
+    found: list[validate.Problem] = []
+    validate.validate(str(path), report=found.append, **kwargs)
+    return found
+
+
+def test_a_good_run_passes_with_raw_check(make_run, sample_raw_dir: Path, capsys) -> None:
+    run = make_run(shards=("00000000.tar", "00000001.tar"))
+    code, lines = run_cli([str(run), "--raw", str(sample_raw_dir)], capsys)
+    assert code == 0, lines
+    assert lines == ["OK: 2 shard(s), 12 sample(s) checked, no problems"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "flags"),
+    [
+        ({"layout": "v1", "embedding_dtype": "bf16"}, ["--teacher-dims", "32,48"]),
+        ({"layout": "v2", "embedding_dtype": "fp32", "dims": (64, 64)}, []),
+        ({"layout": "v2", "embedding_dtype": "bf16", "dims": (96,)}, []),
+    ],
+    ids=["v1-pth.gz-flagged-dims", "v2-npz-inferred-dims", "v2-pth.gz-one-teacher"],
+)
+def test_public_shards_without_run_files_pass(
+    make_run, spec: dict[str, Any], flags: list[str], capsys
+) -> None:
+    shard = make_run(**spec, run_files=False) / "00000000.tar"
+    code, lines = run_cli([str(shard), *flags], capsys)
+    assert code == 0, lines
+    assert lines[-1].startswith("OK: 1 shard(s), 6 sample(s)")
+
+
+def test_unequal_teachers_without_config_or_flag_are_not_guessed(make_run, capsys) -> None:
+    shard = make_run(dims=(32, 48), run_files=False) / "00000000.tar"
+    code, lines = run_cli([str(shard)], capsys)
+    assert code == 1
+    assert "no equal split of D=80 gives unit-norm teacher slices; pass --teacher-dims" in lines[0]
+
+
+def test_published_layout_without_images_passes(make_run, capsys) -> None:
+    """DataCompDR as published has no jpg and no txt: users fetch the images from url.txt."""
+    shard = make_run(dims=(64, 64), run_files=False) / "00000000.tar"
+    rewrite_shard(shard, lambda _, m: {k: v for k, v in m.items() if k not in ("jpg", "txt")})
+    code, lines = run_cli([str(shard)], capsys)
+    assert code == 0, lines
+
+
+def test_public_paug_stored_as_json_string_passes(make_run, capsys) -> None:
+    shard = make_run(dims=(64, 64), run_files=False) / "00000000.tar"
+
+    def stringify(_: int, members: Members) -> Members:
+        entries = json.loads(members["paug.json"])["param_aug"]
+        return {**members, "paug.json": json.dumps({"param_aug": json.dumps(entries)}).encode()}
+
+    rewrite_shard(shard, stringify)
+    code, lines = run_cli([str(shard)], capsys)
+    assert code == 0, lines
+
+
+def test_a_teacher_slice_off_unit_norm_is_named_with_its_key(make_run, capsys) -> None:
+    run = make_run()
+    shard = run / "00000000.tar"
+    keys = [m["__key__"] for m in iter_members(str(shard))]
+
+    def shrink_second_teacher(members: Members) -> Members:
+        arrays = npz_arrays(members)
+        arrays["image_emb"][2, 32:] *= 0.5  # clip-b's slice of view 2 only
+        return with_npz(members, arrays)
+
+    rewrite_shard(shard, only_first(shrink_second_teacher))
+    code, lines = run_cli([str(run)], capsys)
+    assert code == 1
+    assert lines[0].startswith(f"{shard} {keys[0]} bad_norm: image_emb row 2, teacher clip-b (columns 32:80)")
+    assert lines[-1].startswith("FAIL: 1 problem(s)")
+
+
+def test_flagged_teacher_dims_catch_what_a_whole_vector_norm_hides(make_run) -> None:
+    """Two teachers whose slices are off but whose concatenation has norm sqrt(2): only slices catch it."""
+    shard = make_run(dims=(64, 64), run_files=False) / "00000000.tar"
+
+    def skew(members: Members) -> Members:
+        data = torch.load(io.BytesIO(gzip.decompress(members["pth.gz"])), weights_only=True)
+        data["image_emb"][0, :64] *= 0.6
+        data["image_emb"][0, 64:] *= (2 - 0.36) ** 0.5  # the whole row keeps norm sqrt(2)
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        return {**members, "pth.gz": gzip.compress(buffer.getvalue())}
+
+    bf16_shard = make_run(dims=(64, 64), embedding_dtype="bf16", run_files=False) / "00000000.tar"
+    rewrite_shard(bf16_shard, only_first(skew))
+    problems = problems_of(bf16_shard, teacher_dims=[64, 64])
+    assert [(p.reason, p.detail.split(",")[0]) for p in problems] == [
+        ("bad_norm", "image_emb row 0"),
+        ("bad_norm", "image_emb row 0"),
+    ]
+    assert problems_of(shard, teacher_dims=[64, 64]) == []
+    assert {p.reason for p in problems_of(shard, teacher_dims=[32, 96])} == {"bad_norm"}
+
+
+def test_config_and_samples_must_agree(make_run) -> None:
+    run = make_run()
+    config = json.loads((run / "config.json").read_text())
+    config["num_views"] = 4
+    config["num_captions"] = 5
+    config["teachers"][1]["dim"] = 40
+    (run / "config.json").write_text(json.dumps(config))
+    problems = problems_of(run)
+    reasons = {p.reason for p in problems}
+    assert reasons == {"count_mismatch", "bad_shape"}
+    assert sum(p.reason == "count_mismatch" for p in problems) == 12  # views and captions, 6 samples
+    assert all(p.key for p in problems)
+
+
+def test_param_aug_counts_and_boxes_are_checked(make_run) -> None:
+    run = make_run()
+    shard = run / "00000000.tar"
+
+    def drop_a_view(members: Members) -> Members:
+        entries = json.loads(members["paug.json"])["param_aug"]
+        return {**members, "paug.json": json.dumps({"param_aug": entries[:-1]}).encode()}
+
+    def box_outside(index: int, members: Members) -> Members:
+        if index != 1:
+            return members
+        entries = json.loads(members["paug.json"])["param_aug"]
+        entries[0][0] = [0, 0, 5000, 10]  # taller than any bundled image
+        entries[1] = "not a view"
+        return {**members, "paug.json": json.dumps({"param_aug": entries}).encode()}
+
+    rewrite_shard(shard, only_first(drop_a_view))
+    rewrite_shard(shard, box_outside)
+    problems = problems_of(run)
+    details = [(p.reason, p.detail.split(":")[0]) for p in problems]
+    assert details == [
+        ("count_mismatch", "3 image embeddings for 2 param_aug entries"),
+        ("bad_param_aug", "param_aug[0] box_outside_image"),
+        ("bad_param_aug", "param_aug[1] malformed_params"),
+    ]
+
+
+def test_missing_members_and_changed_images_are_caught(make_run, sample_raw_dir: Path) -> None:
+    run = make_run()
+    shard = run / "00000000.tar"
+
+    def reencode(index: int, members: Members) -> Members:
+        if index == 0:
+            return {k: v for k, v in members.items() if k != "url.txt"}
+        if index == 2:  # a JPEG in the raw shard
+            image = Image.open(io.BytesIO(members["jpg"])).convert("RGB")
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")  # same pixels, other bytes: crop boxes may no longer replay
+            return {**members, "jpg": buffer.getvalue()}
+        return members
+
+    rewrite_shard(shard, reencode)
+    problems = problems_of(run, raw_dir=str(sample_raw_dir))
+    assert [(p.reason, p.detail) for p in problems] == [
+        ("missing_member", "no url.txt"),
+        ("image_changed", "image bytes differ from the raw input's"),
+    ]
+
+
+def test_a_sample_lost_without_a_record_is_reported(make_run, sample_raw_dir: Path) -> None:
+    run = make_run()
+    shard = run / "00000000.tar"
+    rewrite_shard(shard, lambda index, members: None if index == 3 else members)
+    reasons = [p.reason for p in problems_of(run, raw_dir=str(sample_raw_dir))]
+    # the tar lost a sample that the stats, manifest, parquet and errors file still account for
+    assert sorted(reasons) == ["lost_sample", "manifest_mismatch", "parquet_mismatch", "stats_mismatch"]
+
+
+def test_run_files_must_describe_every_shard(make_run, capsys) -> None:
+    run = make_run(shards=("00000000.tar", "00000001.tar", "00000002.tar"))
+    (run / "00000001_stats.json").unlink()  # an uncommitted shard
+    manifest = (run / "manifest.jsonl").read_text().splitlines()
+    (run / "manifest.jsonl").write_text("\n".join([manifest[0], manifest[1].replace("6", "7")]) + "\n")
+    (run / "00000002.tar").unlink()
+    (run / "00000002_errors.jsonl").write_text('{"key": "x", "reason": "missing_image"}\n')
+    code, lines = run_cli([str(run)], capsys)
+    assert code == 1
+    problems = lines[:-1]
+    assert f"{run}/00000001_stats.json - missing_run_file: shard has no stats (not committed)" in problems
+    assert f"{run}/manifest.jsonl - manifest_mismatch: 00000001: num_samples 7, the tar holds 6" in problems
+    assert any("00000002_stats.json - missing_shard" in line for line in problems)
+    assert len(problems) == 3
+    assert lines[-1] == (
+        "FAIL: 3 problem(s) in 2 shard(s), 12 sample(s) checked "
+        "(manifest_mismatch 1, missing_run_file 1, missing_shard 1)"
+    )
+
+
+def test_stats_must_match_the_errors_file(make_run) -> None:
+    run = make_run()
+    stats = json.loads((run / "00000000_stats.json").read_text())
+    stats["skipped"]["missing_image"] = 1
+    stats["num_read"] += 1
+    (run / "00000000_stats.json").write_text(json.dumps(stats))
+    problems = problems_of(run)
+    assert [p.reason for p in problems] == ["stats_mismatch"]
+    assert "missing_image" in problems[0].detail
+
+
+def test_embedding_storage_must_match_config(make_run) -> None:
+    run = make_run()
+    config = json.loads((run / "config.json").read_text())
+    config["embedding_dtype"] = "bf16"
+    (run / "config.json").write_text(json.dumps(config))
+    problems = problems_of(run)
+    assert {p.reason for p in problems} == {"embedding_dtype_mismatch"}
+    assert len(problems) == 6
+
+
+def test_truncated_tar_keeps_earlier_samples_and_fails(make_run, capsys) -> None:
+    shard = make_run(run_files=False) / "00000000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) * 2 // 3])
+    code, lines = run_cli([str(shard)], capsys)
+    assert code == 1
+    assert any(" unreadable_tar: " in line for line in lines)
+    checked = int(lines[-1].split(" shard(s), ")[1].split(" sample")[0])
+    assert 0 < checked < 6
+
+
+def test_nothing_to_validate_is_a_failure(tmp_path: Path, capsys) -> None:
+    code, lines = run_cli([str(tmp_path)], capsys)
+    assert code == 1
+    assert lines[0] == f"{tmp_path} - no_shards: no .tar shard found here"
