@@ -66,13 +66,6 @@ def local_worker_processes(options: PipelineOptions) -> int:
     if runner_name(options) not in DIRECT_ALIASES or direct.direct_running_mode == "in_memory":
         return 1
     workers = direct.direct_num_workers
-    return os.cpu_count() or 1 if workers == 0 else max(1, workers or 1)
-
-
-def model_threads(options: PipelineOptions) -> int:
-    """torch threads for each worker: explicit, else the cores split between the processes that share them."""
-    ours = options.view_as(ReinforceWorkerOptions)
-    if ours.model_threads > 0:
-        return ours.model_threads
-    sharing = ours.workers_per_machine or local_worker_processes(options)
-    return max(1, (os.cpu_count() or 1) // max(1, sharing))
+    if workers == 0:  # Beam's "one per core"
+        return os.cpu_count() or 1
+    return max(1, workers or 1)

@@ -96,9 +96,9 @@ class ReinforceSettings:
         return "syn_text" if self.layout == "v1" else f"syn_text_{self.caption_tag}"
 
     @property
-    def samples_per_batch(self) -> int:
-        """Samples grouped per model call, so that one teacher forward sees about `batch_size` views."""
-        return max(1, -(-self.batch_size // self.num_views))
+    def caption_group(self) -> int:
+        """Images per captioner call, so that it generates about `batch_size` captions at once."""
+        return max(1, self.batch_size // self.num_captions)
 
 
 def library_versions() -> dict[str, str]:

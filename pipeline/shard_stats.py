@@ -164,9 +164,14 @@ def manifest_bytes(shards: list[str], stats: dict[str, ShardStats]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
+def committed_stats(output_dir: str, shards: list[str]) -> dict[str, ShardStats]:
+    """The stats of every committed shard among `shards` (this run's and earlier runs')."""
+    return {shard: s for shard in shards if (s := read_shard_stats(output_dir, shard)) is not None}
+
+
 def finalize_run(output_dir: str, shards: list[str]) -> RunSummary:
-    """Read back every shard's committed stats (this run's and earlier runs'); write manifest and summary."""
-    stats = {shard: s for shard in shards if (s := read_shard_stats(output_dir, shard)) is not None}
+    """Write manifest.jsonl and summary.json from every committed shard's stats."""
+    stats = committed_stats(output_dir, shards)
     storage.write_bytes_atomic(storage.join(output_dir, MANIFEST_FILE), manifest_bytes(shards, stats))
     summary = summarize(shards, stats)
     storage.write_bytes_atomic(

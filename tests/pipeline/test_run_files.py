@@ -60,11 +60,11 @@ def test_settings_validation_names_every_problem():
         assert fragment in str(err.value)
 
 
-def test_caption_family_and_samples_per_batch():
+def test_caption_family_and_caption_group():
     assert settings().caption_family == "syn_text"
     assert settings(layout="v2", caption_tag="coca").caption_family == "syn_text_coca"
-    assert settings(batch_size=64, num_views=30).samples_per_batch == 3  # >= 64 views per forward
-    assert settings(batch_size=4, num_views=30).samples_per_batch == 1
+    assert settings(batch_size=64, num_captions=5).caption_group == 12  # about 64 captions per call
+    assert settings(batch_size=4, num_captions=5).caption_group == 1
 
 
 def run_config(**overrides) -> dict:

@@ -1,0 +1,121 @@
+"""The reinforcement job's Beam graph: pending shards → Reshuffle → reinforce each shard → manifest.
+
+Every output is written by a DoFn through Beam FileSystems, never by a Beam sink: the same graph
+then writes the same files on every runner (Dask, for one, runs no Beam sinks), and a retried
+bundle simply rewrites a shard atomically. Models are loaded on the workers from spec strings, once
+per process (`Shared`), never pickled into the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from pipeline.run_config import ReinforceSettings
+from pipeline.shard_stats import finalize_run
+
+NAMESPACE = "datacompdr"
+_LOG = logging.getLogger(__name__)
+
+
+def worker_threads(explicit: int, sharing: int) -> int:
+    """torch threads on this worker: explicit, else this machine's cores split between its processes."""
+    if explicit > 0:
+        return explicit
+    return max(1, (os.cpu_count() or 1) // max(1, sharing))
+
+
+class _ModelsHolder:
+    """Weak-referenceable box for `Shared` (it keeps one loaded model set per worker process)."""
+
+    def __init__(self, models: Any) -> None:
+        self.models = models
+
+
+class ReinforceShardFn(beam.DoFn):
+    """Input: a raw shard path. Output: the shard's name once its stats file (the commit) is written."""
+
+    def __init__(self, settings: ReinforceSettings, threads: int, sharing: int) -> None:
+        self._settings = settings
+        self._threads = threads
+        self._sharing = sharing
+        self._shared = shared.Shared()
+        self._holder: _ModelsHolder | None = None
+        self._counters: dict[str, Any] = {}
+
+    def _tag(self) -> tuple[Any, ...]:
+        s = self._settings
+        return (s.teachers, s.kd_logit_scales, s.captioner, s.precision)
+
+    def adopt(self, models: Any) -> _ModelsHolder:
+        """Hand already-loaded models to workers in this process; keep the result alive for the run."""
+        holder = _ModelsHolder(models)
+        return self._shared.acquire(lambda: holder, tag=self._tag())
+
+    def setup(self) -> None:
+        import torch
+
+        from pipeline.worker_models import load_models
+
+        torch.set_num_threads(worker_threads(self._threads, self._sharing))
+        settings = self._settings
+        self._holder = self._shared.acquire(lambda: _ModelsHolder(load_models(settings)), tag=self._tag())
+
+    def _counter(self, name: str) -> Any:
+        if name not in self._counters:
+            self._counters[name] = Metrics.counter(NAMESPACE, name)
+        return self._counters[name]
+
+    def process(self, input_path: str) -> Any:
+        from pipeline.reinforce_shard import reinforce_shard
+
+        assert self._holder is not None
+        written = self._counter("samples_written")
+        stats = reinforce_shard(input_path, self._settings, self._holder.models, on_batch=written.inc)
+        self._counter("samples_read").inc(stats.num_read)
+        self._counter("samples_skipped").inc(stats.num_skipped)
+        for reason, count in stats.skipped.items():
+            self._counter(f"skipped_{reason}").inc(count)
+        for reason, count in stats.shard_errors.items():
+            self._counter(f"shard_error_{reason}").inc(count)
+        self._counter("shards_done").inc()
+        Metrics.distribution(NAMESPACE, "shard_seconds").update(int(sum(stats.seconds.values())))
+        _LOG.info("shard %s: %d written, %d skipped", stats.shard, stats.num_written, stats.num_skipped)
+        yield stats.shard
+
+
+class FinalizeRunFn(beam.DoFn):
+    """Runs once after every shard: manifest.jsonl and summary.json from all committed stats files."""
+
+    def __init__(self, output_dir: str, shards: list[str]) -> None:
+        self._output_dir = output_dir
+        self._shards = shards
+
+    def process(self, _done: list[str]) -> Any:
+        summary = finalize_run(self._output_dir, self._shards)
+        yield summary.num_written
+
+
+def build_graph(
+    pipeline: beam.Pipeline,
+    settings: ReinforceSettings,
+    pending_inputs: list[str],
+    all_shards: list[str],
+    *,
+    shard_fn: ReinforceShardFn,
+) -> None:
+    """`pending_inputs`: raw shard paths still to do; `all_shards`: every shard name of the run."""
+    done = (
+        pipeline
+        | "PendingShards" >> beam.Create(pending_inputs, reshuffle=False)
+        # One shard is hours of work on real data: spread the shards before the heavy step.
+        | "Redistribute" >> beam.Reshuffle()
+        | "ReinforceShard" >> beam.ParDo(shard_fn)
+        | "AllShardsDone" >> beam.combiners.ToList()
+    )
+    _ = done | "WriteManifest" >> beam.ParDo(FinalizeRunFn(settings.output_dir, all_shards))

@@ -1,0 +1,117 @@
+"""Launch one reinforcement run: check the config, find the unfinished shards, run the graph, summarize.
+
+The launcher loads the models once to describe them in config.json (and to fail within seconds on
+a spec that cannot load, before any worker starts). On the in-process runner the workers reuse that
+same loaded copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs.reinforce_graph import ReinforceShardFn, build_graph
+from beam_jobs.runners import ReinforceWorkerOptions, create_runner, is_local, local_worker_processes
+from pipeline import storage
+from pipeline.progress import ShardProgress
+from pipeline.run_config import ConfigError, ReinforceSettings, build_run_config, write_or_check_run_config
+from pipeline.shard_stats import RunSummary, committed_stats, is_committed, shard_name, summarize
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class JobOutcome:
+    summary: RunSummary
+    shards_already_done: int
+    shards_this_run: int
+    written_this_run: int
+    wall_seconds: float
+
+
+def find_input_shards(pattern: str) -> list[str]:
+    """Raw shards matching the glob, sorted; names must be unique, since outputs are named after them."""
+    try:
+        paths = [p for p in storage.match(pattern) if p.endswith(".tar")]
+    except Exception as exc:  # Beam raises BeamIOError for an unreachable bucket or a bad scheme
+        raise ConfigError(f"cannot list --input {pattern!r}: {exc}") from exc
+    if not paths:
+        raise ConfigError(f"no .tar shards match --input {pattern!r}")
+    names = Counter(shard_name(p) for p in paths)
+    clashes = sorted(name for name, count in names.items() if count > 1)
+    if clashes:
+        raise ConfigError(
+            f"input shards share a name across folders ({', '.join(clashes[:5])}): outputs would clash"
+        )
+    return paths
+
+
+def describe_run(settings: ReinforceSettings, models: Any) -> dict[str, Any]:
+    from transforms import DATACOMPDR_AUGMENTATION, PARAM_AUG_VERSION
+
+    return build_run_config(
+        settings,
+        teachers=models.ensemble.describe(),
+        captioner=models.captioner.describe(),
+        image_augmentation=_plain(DATACOMPDR_AUGMENTATION),
+        param_aug_version=PARAM_AUG_VERSION,
+    )
+
+
+def _plain(config: Any) -> Any:
+    """The augmentation config as JSON values (it may be a dataclass or a mapping)."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    return config
+
+
+def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress: bool = True) -> JobOutcome:
+    """Run (or resume) the job; raises ConfigError / ModelLoadError before any work when misconfigured."""
+    from pipeline.worker_models import load_models
+
+    options = PipelineOptions(beam_args)
+    FileSystems.set_options(options)  # s3/gcs options apply to the launcher's own reads and writes too
+    inputs = find_input_shards(settings.input_pattern)
+    models = load_models(settings)
+    write_or_check_run_config(settings.output_dir, describe_run(settings, models))
+    shards = [shard_name(p) for p in inputs]
+    pending = [p for p in inputs if not is_committed(settings.output_dir, shard_name(p))]
+    _LOG.info(
+        "%d input shards, %d already done, %d to do", len(inputs), len(inputs) - len(pending), len(pending)
+    )
+
+    ours = options.view_as(ReinforceWorkerOptions)
+    sharing = ours.workers_per_machine or local_worker_processes(options)
+    shard_fn = ReinforceShardFn(settings, ours.model_threads, sharing)
+    local = is_local(options)
+    # The in-process worker uses the launcher's copy instead of loading a second one.
+    adopted = shard_fn.adopt(models) if local and local_worker_processes(options) == 1 else None
+    del models
+    start = time.monotonic()
+    pipeline = beam.Pipeline(runner=create_runner(options), options=options)
+    build_graph(pipeline, settings, pending, shards, shard_fn=shard_fn)
+    if show_progress and local and pending:
+        with ShardProgress(settings.output_dir, [shard_name(p) for p in pending]):
+            pipeline.run().wait_until_finish()
+    else:
+        pipeline.run().wait_until_finish()
+    wall = time.monotonic() - start
+    del adopted
+    stats = committed_stats(settings.output_dir, shards)
+    done_now = [shard_name(p) for p in pending if shard_name(p) in stats]
+    return JobOutcome(
+        summary=summarize(shards, stats),
+        shards_already_done=len(inputs) - len(pending),
+        shards_this_run=len(done_now),
+        written_this_run=sum(stats[s].num_written for s in done_now),
+        wall_seconds=wall,
+    )

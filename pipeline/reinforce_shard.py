@@ -1,0 +1,329 @@
+"""One raw shard in, one reinforced shard out: decode → caption → views → embeddings → write.
+
+Plain Python, no Beam: the Beam DoFn, the benchmark and the tests all call `reinforce_shard`.
+Samples stream through and are written in input order; only about one model batch of them is held
+at a time, so memory is bounded by the batch, not the shard.
+
+Teachers always see batches of exactly `batch_size` views (or texts), filled across samples and
+zero-padded only at the end of the shard. On CPU and GPU, a row's result depends on the shape of its
+batch but not on the other rows (checked in the tests), so a sample's embeddings do not depend on
+which samples share its batch. The captioner sees groups of a fixed number of images, cut at fixed
+positions of the shard's samples, and draws each sample's captions from a seed of (run seed, uid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.raw_shards import RawSample, SkippedSample, iter_raw_shard
+from pipeline.run_config import ReinforceSettings
+from pipeline.shard_format import ReinforcedSample
+from pipeline.shard_stats import ShardStats, SkipRecord, output_paths, shard_name, write_shard_outcome
+from pipeline.shard_writer import ShardWriter
+from transforms import (
+    AugmentationError,
+    BadImageError,
+    decode_image,
+    derive_seed,
+    encode_param_aug,
+    view_rng,
+)
+
+CAPTION_FAILED = "caption_failed"
+_CAPTION_DOMAIN = "datacompdr-reinforce/caption"
+
+
+class ImageEmbedder(Protocol):
+    def embed_images(self, views: torch.Tensor) -> torch.Tensor: ...
+    def embed_texts(self, texts: list[str]) -> torch.Tensor: ...
+
+
+class CaptionModel(Protocol):
+    def caption(self, images: list[Image.Image], seeds: list[int], num_captions: int) -> list[Any]: ...
+
+
+class Augmenter(Protocol):
+    def sample(self, rng: np.random.Generator, size: tuple[int, int]) -> Any: ...
+    def apply(self, image: Image.Image, params: Any) -> torch.Tensor: ...
+
+
+@dataclasses.dataclass
+class ShardModels:
+    """What a worker loads once and reuses for every shard it is given."""
+
+    ensemble: ImageEmbedder
+    captioner: CaptionModel
+    augmenter: Augmenter
+
+
+@dataclasses.dataclass
+class _Prepared:
+    raw: RawSample
+    image: Image.Image
+    params: list[Any]
+    views: torch.Tensor | None  # [A, 3, S, S] uint8, until handed to the teachers' queue
+
+
+class _Clock:
+    """Wall seconds per stage, for the stats file (the only output that may differ between runs)."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+
+def skip_reason_for_image_error(exc: BadImageError | AugmentationError) -> str:
+    """Image problems counted as `image_<reason>` (image_undecodable, image_too_many_pixels, ...)."""
+    reason = getattr(exc, "reason", "") or "invalid"
+    return reason if reason.startswith("image_") else f"image_{reason}"
+
+
+def caption_seed(seed: int, uid: str) -> int:
+    return derive_seed(_CAPTION_DOMAIN, seed, uid)
+
+
+def reinforce_shard(
+    input_path: str,
+    settings: ReinforceSettings,
+    models: ShardModels,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> ShardStats:
+    """Reinforce one raw shard into `settings.output_dir`; the stats file, written last, commits it."""
+    shard = shard_name(input_path)
+    paths = output_paths(settings.output_dir, shard)
+    stats = ShardStats(shard=shard, input_path=input_path)
+    skips: list[SkipRecord] = []
+    clock = _Clock()
+
+    def skip(key: str, reason: str, detail: str = "") -> None:
+        skips.append(SkipRecord(key, reason, detail))
+        stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+
+    with ShardWriter(
+        paths["tar"], paths["parquet"], layout=settings.layout, embedding_dtype=settings.embedding_dtype
+    ) as writer:
+        stream = _SampleStream(settings, models, writer, skip, clock, on_batch)
+        for item in _timed(iter_raw_shard(input_path), clock, "read"):
+            if isinstance(item, SkippedSample) and item.whole_shard:
+                skips.append(SkipRecord(item.key, item.reason, item.detail, whole_shard=True))
+                stats.shard_errors[item.reason] = stats.shard_errors.get(item.reason, 0) + 1
+                continue
+            stats.num_read += 1
+            if isinstance(item, SkippedSample):
+                skip(item.key, item.reason, item.detail)
+                continue
+            try:
+                prepared = _prepare(item, settings, models.augmenter, clock)
+            except (BadImageError, AugmentationError) as exc:
+                skip(item.key, skip_reason_for_image_error(exc), str(exc)[:200])
+                continue
+            stream.add(prepared)
+        stream.finish()
+        stats.num_written = writer.count
+    stats.seconds = dict(clock.seconds)
+    write_shard_outcome(settings.output_dir, stats, skips)
+    return stats
+
+
+def _timed(items: Iterator[Any], clock: _Clock, stage: str) -> Iterator[Any]:
+    """Count the time spent inside the iterator (reading the tar), not in the caller's loop body."""
+    while True:
+        with clock.stage(stage):
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
+
+
+def _prepare(raw: RawSample, settings: ReinforceSettings, augmenter: Augmenter, clock: _Clock) -> _Prepared:
+    with clock.stage("decode"):
+        image = decode_image(raw.image, max_pixels=settings.max_image_pixels)
+    with clock.stage("augment"):
+        params = [
+            augmenter.sample(view_rng(settings.seed, raw.uid, k), image.size)
+            for k in range(settings.num_views)
+        ]
+        views = torch.stack([augmenter.apply(image, p) for p in params])
+    return _Prepared(raw=raw, image=image, params=params, views=views)
+
+
+class _FixedBatches:
+    """Rows in, results out in the same order; `embed` always gets exactly `size` rows.
+
+    The last, partial batch of a shard is padded with `pad` rows whose results are dropped.
+    """
+
+    def __init__(self, size: int, embed: Callable[[list[Any]], np.ndarray], pad: Any) -> None:
+        self._size = size
+        self._embed = embed
+        self._pad = pad
+        self._rows: list[Any] = []
+        self._results: list[np.ndarray] = []
+        self.ready = 0  # result rows not yet taken
+
+    def push(self, rows: list[Any]) -> None:
+        self._rows.extend(rows)
+        while len(self._rows) >= self._size:
+            self._run(self._rows[: self._size], self._size)
+            self._rows = self._rows[self._size :]
+
+    def flush(self) -> None:
+        if self._rows:
+            count = len(self._rows)
+            self._run(self._rows + [self._pad] * (self._size - count), count)
+            self._rows = []
+
+    def _run(self, rows: list[Any], keep: int) -> None:
+        result = self._embed(rows)
+        self._results.append(result[:keep])
+        self.ready += keep
+
+    def take(self, count: int) -> np.ndarray:
+        out = np.concatenate(self._results) if len(self._results) > 1 else self._results[0]
+        taken, rest = out[:count], out[count:]
+        self._results = [rest] if len(rest) else []
+        self.ready -= count
+        return taken
+
+
+class _SampleStream:
+    """Caption groups of samples, feed their views and texts to fixed-size teacher batches, write in order."""
+
+    def __init__(
+        self,
+        settings: ReinforceSettings,
+        models: ShardModels,
+        writer: ShardWriter,
+        skip: Callable[[str, str, str], None],
+        clock: _Clock,
+        on_batch: Callable[[int], None] | None,
+    ) -> None:
+        self._settings = settings
+        self._models = models
+        self._writer = writer
+        self._skip = skip
+        self._clock = clock
+        self._on_batch = on_batch
+        self._group: list[_Prepared] = []
+        # Whole multiples of the captioner's own fixed chunk, so it never pads a chunk mid-shard.
+        chunk = max(1, int(getattr(models.captioner, "micro_batch", 1)))
+        self._group_size = max(chunk, settings.caption_group // chunk * chunk)
+        self._waiting: deque[tuple[_Prepared, list[str]]] = deque()  # captioned, embeddings pending
+        self._images = _FixedBatches(settings.batch_size, self._embed_images, None)
+        self._texts = _FixedBatches(settings.batch_size, self._embed_texts, "")
+
+    def _embed_images(self, views: list[Any]) -> np.ndarray:
+        with self._clock.stage("embed_images"):
+            template = next(v for v in views if v is not None)
+            batch = torch.stack([v if v is not None else torch.zeros_like(template) for v in views])
+            return self._models.ensemble.embed_images(batch).float().cpu().numpy()
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        with self._clock.stage("embed_texts"):
+            return self._models.ensemble.embed_texts(texts).float().cpu().numpy()
+
+    def add(self, prepared: _Prepared) -> None:
+        self._group.append(prepared)
+        if len(self._group) == self._group_size:
+            self._caption_group()
+
+    def finish(self) -> None:
+        self._caption_group()
+        self._images.flush()
+        self._texts.flush()
+        self._write_ready()
+
+    def _caption_group(self) -> None:
+        if not self._group:
+            return
+        group, self._group = self._group, []
+        settings = self._settings
+        with self._clock.stage("caption"):
+            seeds = [caption_seed(settings.seed, p.raw.uid) for p in group]
+            results = self._models.captioner.caption([p.image for p in group], seeds, settings.num_captions)
+        for prepared, result in zip(group, results, strict=True):
+            if not (isinstance(result, list) and len(result) == settings.num_captions):
+                why = f"{getattr(result, 'reason', '')} {getattr(result, 'detail', '')}".strip()
+                self._skip(prepared.raw.key, CAPTION_FAILED, why[:200] or "wrong number of captions")
+                continue
+            self._waiting.append((prepared, result))
+            self._images.push(list(prepared.views))
+            self._texts.push([prepared.raw.caption, *result])
+            prepared.views = None  # the teachers' queue holds them now; keep one copy only
+        self._write_ready()
+
+    def _write_ready(self) -> None:
+        settings = self._settings
+        views, rows = settings.num_views, 1 + settings.num_captions
+        written = 0
+        while self._waiting and self._images.ready >= views and self._texts.ready >= rows:
+            prepared, captions = self._waiting.popleft()
+            image_emb = self._images.take(views)
+            text_emb = self._texts.take(rows)
+            with self._clock.stage("write"):
+                self._writer.write(
+                    _reinforced_sample(
+                        prepared,
+                        captions,
+                        image_emb=image_emb,
+                        caption_emb=text_emb[0],
+                        syn_emb=text_emb[1:],
+                        family=settings.caption_family,
+                    )
+                )
+            written += 1
+        if written and self._on_batch is not None:
+            self._on_batch(written)
+
+
+def _reinforced_sample(
+    prepared: _Prepared,
+    captions: list[str],
+    *,
+    image_emb: np.ndarray,
+    caption_emb: np.ndarray,
+    syn_emb: np.ndarray,
+    family: str,
+) -> ReinforcedSample:
+    raw = prepared.raw
+    width, height = prepared.image.size
+    meta = dict(raw.meta)
+    meta["uid"] = raw.uid
+    meta.setdefault("key", raw.key)
+    if not isinstance(meta.get("sha256"), str):
+        # img2dataset's sha256 is of the downloaded bytes and is kept as is; only a missing one is filled.
+        meta["sha256"] = hashlib.sha256(raw.image).hexdigest()
+    # Crop boxes refer to the decoded pixel grid, so the sizes we store are that grid's.
+    meta["width"], meta["height"] = width, height
+    return ReinforcedSample(
+        key=raw.uid,
+        image=raw.image,
+        image_ext=raw.image_ext,
+        caption=raw.caption,
+        url=raw.url,
+        meta=meta,
+        param_aug=[encode_param_aug(p) for p in prepared.params],
+        image_emb=np.ascontiguousarray(image_emb, dtype=np.float32),
+        caption_emb=np.ascontiguousarray(caption_emb, dtype=np.float32),
+        syn_captions={family: list(captions)},
+        syn_emb={family: np.ascontiguousarray(syn_emb, dtype=np.float32)},
+    )
