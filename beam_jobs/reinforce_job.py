@@ -22,7 +22,14 @@ from beam_jobs.runners import ReinforceWorkerOptions, create_runner, is_local, l
 from pipeline import storage
 from pipeline.progress import ShardProgress
 from pipeline.run_config import ConfigError, ReinforceSettings, build_run_config, write_or_check_run_config
-from pipeline.shard_stats import RunSummary, committed_stats, is_committed, shard_name, summarize
+from pipeline.shard_stats import (
+    RunSummary,
+    committed_stats,
+    is_committed,
+    remove_stale_temporaries,
+    shard_name,
+    summarize,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -85,6 +92,8 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
     write_or_check_run_config(settings.output_dir, describe_run(settings, models))
     shards = [shard_name(p) for p in inputs]
     pending = [p for p in inputs if not is_committed(settings.output_dir, shard_name(p))]
+    for path in pending:  # a killed earlier attempt may have left temporaries of these shards behind
+        remove_stale_temporaries(settings.output_dir, shard_name(path))
     _LOG.info(
         "%d input shards, %d already done, %d to do", len(inputs), len(inputs) - len(pending), len(pending)
     )

@@ -102,10 +102,10 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def settings_from_args(args: argparse.Namespace) -> ReinforceSettings:
     """The preset's values, overridden by every flag the user gave; raises ConfigError when invalid."""
-    try:
-        preset = resolve_preset(args.preset)
-    except KeyError as exc:
-        raise ConfigError(str(exc.args[0])) from exc
+    if args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    # Resolving builds the tiny checkpoints; not needed when the flags name every model.
+    preset = PRESETS[args.preset] if args.teachers and args.captioner else resolve_preset(args.preset)
     teachers = _csv(args.teachers) if args.teachers else preset.teachers
     if args.kd_logit_scales:
         try:

@@ -40,6 +40,14 @@ def is_committed(output_dir: str, shard: str) -> bool:
     return storage.exists(output_paths(output_dir, shard)["stats"])
 
 
+def remove_stale_temporaries(output_dir: str, shard: str) -> int:
+    """Delete what a killed attempt at an unfinished shard left half-written (hidden `.NAME.tmp-*` files)."""
+    stale = storage.match(storage.join(output_dir, f".{shard}[._]*.tmp-*"))
+    for path in stale:
+        storage.delete(path)
+    return len(stale)
+
+
 @dataclasses.dataclass(frozen=True)
 class SkipRecord:
     """One line of the errors file: which sample (or, whole_shard, which shard) and why."""

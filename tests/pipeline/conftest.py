@@ -62,10 +62,15 @@ def write_tar(path: Path, members: Iterable[Member]) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kit() -> SimpleNamespace:
-    """The builders above, as a fixture: test modules cannot import a conftest reliably."""
-    return SimpleNamespace(jpeg_bytes=jpeg_bytes, sample_members=sample_members, write_tar=write_tar)
+    """The builders here, as a fixture: test modules cannot import a conftest reliably."""
+    return SimpleNamespace(
+        jpeg_bytes=jpeg_bytes,
+        sample_members=sample_members,
+        write_tar=write_tar,
+        bad_input_members=bad_input_members,
+    )
 
 
 @pytest.fixture
@@ -76,3 +81,41 @@ def raw_tar(tmp_path: Path) -> Callable[..., Path]:
         return write_tar(tmp_path / "raw" / name, members)
 
     return build
+
+
+def bomb_png() -> bytes:
+    """A tiny file that decodes to 8000 x 8000 pixels: above the default 2**25-pixel cap."""
+    out = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def bad_input_members() -> tuple[list[Member], dict[str, str]]:
+    """A raw shard mixing good samples with every kind of bad one; also {bad key: expected reason}."""
+    good = [sample_members(f"g{k:03d}", seed=10 + k) for k in range(3)]
+    bad: list[list[Member]] = []
+    expected: dict[str, str] = {}
+
+    def add(key: str, reason: str, members: list[Member]) -> None:
+        bad.append(members)
+        expected[key] = reason
+
+    add("b000", "image_undecodable", sample_members("b000", image=b"<html>503 Service Unavailable</html>"))
+    add("b001", "missing_image", [m for m in sample_members("b001") if not m[0].endswith(".jpg")])
+    no_caption = [m for m in sample_members("b002", meta={"caption": None}) if not m[0].endswith(".txt")]
+    add("b002", "missing_caption", no_caption)
+    add("b003", "image_too_many_pixels", sample_members("b003", image=bomb_png(), image_ext="png"))
+    add("b004", "image_too_small", sample_members("b004", image=jpeg_bytes(8, 8)))
+    add("b005", "caption_not_utf8", sample_members("b005", caption=b"\xff\xfe caf\xe9"))
+    add(
+        "b006",
+        "invalid_json",
+        [(n, b"{oops" if n.endswith(".json") else d) for n, d in sample_members("b006")],
+    )
+    add("g000", "duplicate_key", sample_members("g000", seed=99))
+    add("../b008.jpg", "unsafe_member_name", sample_members("../b008"))
+    add("/abs/b009.jpg", "unsafe_member_name", sample_members("/abs/b009"))
+    add("b010", "image_empty", sample_members("b010", image=b""))
+    # good samples before, between and after the bad ones
+    samples = [good[0], *bad[:4], good[1], *bad[4:], good[2]]
+    return [member for sample in samples for member in sample], expected
