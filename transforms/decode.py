@@ -14,8 +14,10 @@ an image must decode it the same way. The convention is the public MobileCLIP tr
    ``0 <= j < j + w <= width``, where ``(width, height) == image.size``.
 
 Decompression bombs are refused from the header, before any pixel is decoded. The effective cap is
-``min(max_pixels, 2 * PIL.Image.MAX_IMAGE_PIXELS)``; Pillow's own warnings and errors are turned
-into :class:`BadImageError` and never escape. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is Pillow's
+``min(max_pixels, PIL.Image.MAX_IMAGE_PIXELS)``: Pillow's own bomb warning and error both become
+:class:`BadImageError` and never escape. (That uses ``warnings.catch_warnings``, which in Python
+3.11 swaps the process-wide filter list; at worst a concurrent thread sees Pillow's bomb warning
+raised as an exception, which this function also turns into ``BadImageError``.) ``ImageFile.LOAD_TRUNCATED_IMAGES`` is Pillow's
 global switch; we leave it alone (off), so a truncated file is ``BadImageError("truncated")``.
 """
 
