@@ -1,0 +1,419 @@
+"""Training batches from reinforced shards: stream, shuffle, replay a stored view, pair the targets.
+
+Each loader worker owns a fixed share of the shards and streams them endlessly, one epoch after
+another: tar members (read through Beam FileSystems, so local, gs:// and s3:// alike) go through a
+webdataset shuffle buffer as raw bytes, and only what leaves the buffer is decoded. Per sample, the
+view, the synthetic caption and thus the teacher targets are drawn from a generator seeded by
+(run seed, epoch, uid): the choice does not depend on worker count or buffer order.
+
+Every batch carries its worker's position (epoch, items taken from the shuffle buffer), so a
+checkpoint knows exactly where each worker stood; a resumed run skips that many raw items per worker
+(no decoding, no replay) and sees the very batches the uninterrupted run would have seen.
+
+A bad sample (missing member, wrong embedding width, unknown param_aug version, undecodable image,
+crop box outside the image, ...) is skipped and counted by reason; it never becomes a wrong target.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from pipeline import storage
+from pipeline.shard_format import ReinforcedSample, ShardFormatError, decode_sample, iter_members
+from trainer.settings import DataSettings
+from transforms import ViewAugmenter, decode_image, decode_param_aug
+from transforms.seeding import derive_seed, draw_int
+
+Tokenizer = Callable[[Sequence[str]], torch.Tensor]
+# Stored teacher slices are unit vectors; fp32 storage keeps them within 1e-6, bf16 within ~1e-2.
+# A slice far from unit length means the teacher widths do not match the data.
+NORM_TOLERANCE = 0.05
+DEFAULT_SHUFFLE_BUFFER = 1000
+DEFAULT_WORKERS = 2
+_PICK_DOMAIN = "datacompdr-reinforce/trainer-pick"
+_SHARD_ORDER_DOMAIN = "datacompdr-reinforce/trainer-shards"
+_SHUFFLE_DOMAIN = "datacompdr-reinforce/trainer-shuffle"
+
+
+class DataError(ValueError):
+    """The data cannot be trained on at all (no shards, nothing usable, widths that do not match)."""
+
+
+class SkipSample(ValueError):
+    """One sample is unusable; `reason` is the counter it goes to."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class TrainingSample:
+    key: str
+    image: torch.Tensor  # uint8 [3, S, S], the replayed view, not yet normalised
+    tokens: torch.Tensor  # int64 [2, context]: original caption, synthetic caption
+    teacher_image: np.ndarray  # [D] the stored embedding of exactly this view
+    teacher_original: np.ndarray  # [D]
+    teacher_synthetic: np.ndarray  # [D]
+    view_index: int
+    synthetic_index: int
+
+
+@dataclasses.dataclass
+class WorkerPosition:
+    """How far one worker's stream has been consumed: items taken from the buffer in `epoch`."""
+
+    epoch: int = 0
+    offset: int = 0
+
+
+@dataclasses.dataclass
+class Batch:
+    keys: list[str]
+    images: torch.Tensor  # uint8 [B, 3, S, S]
+    original_tokens: torch.Tensor  # int64 [B, context]
+    synthetic_tokens: torch.Tensor  # int64 [B, context]
+    teacher_image: torch.Tensor  # float32 [B, D]
+    teacher_original: torch.Tensor  # float32 [B, D]
+    teacher_synthetic: torch.Tensor  # float32 [B, D]
+    worker: int
+    position: WorkerPosition  # after the last sample of this batch
+    skipped: dict[str, int]  # this worker's skips so far, by reason
+    produce_seconds: float  # worker time spent reading, decoding and replaying this batch
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def list_shards(patterns: Sequence[str]) -> list[str]:
+    """Every shard matching the patterns (local, gs://, s3://), sorted and de-duplicated."""
+    shards: set[str] = set()
+    for pattern in patterns:
+        try:
+            found = storage.match(pattern)
+        except Exception as error:
+            raise DataError(f"cannot list {pattern}: {type(error).__name__}: {error}") from error
+        shards.update(p for p in found if p.endswith(".tar"))
+    if not shards:
+        raise DataError(f"no .tar shards match {list(patterns)}")
+    return sorted(shards)
+
+
+class SampleReplayer:
+    """Turns one sample's members into a training sample; built once per worker."""
+
+    def __init__(self, settings: DataSettings, image_size: int, tokenizer: Tokenizer, seed: int) -> None:
+        self.settings = settings
+        self.image_size = image_size
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.augmenter = ViewAugmenter.from_config(settings.augmentation)
+
+    def __call__(self, members: dict[str, Any], epoch: int) -> TrainingSample:
+        sample = decode_sample(members)
+        return self.replay(sample, epoch)
+
+    def pick(self, sample: ReinforcedSample, epoch: int, num_synthetic: int) -> tuple[int, int]:
+        """(view index, synthetic caption index), a pure function of (seed, epoch, uid)."""
+        rng = np.random.Generator(np.random.PCG64(derive_seed(_PICK_DOMAIN, self.seed, epoch, sample.uid)))
+        return draw_int(rng, 0, sample.num_views), draw_int(rng, 0, num_synthetic)
+
+    def replay(self, sample: ReinforcedSample, epoch: int) -> TrainingSample:
+        if sample.dim != self.settings.embedding_dim:
+            raise SkipSample(
+                "embedding_width_mismatch",
+                f"D={sample.dim}, the teacher widths {list(self.settings.teacher_dims)} need "
+                f"{self.settings.embedding_dim}",
+            )
+        if sample.num_views == 0:
+            raise SkipSample("no_views")
+        families = sorted(sample.syn_captions)  # v2 may hold several: pooled, in a fixed order
+        captions = [c for f in families for c in sample.syn_captions[f]]
+        if not captions:
+            raise SkipSample("no_synthetic_captions")
+        synthetic_emb = np.concatenate([sample.syn_emb[f] for f in families])
+        view_index, synthetic_index = self.pick(sample, epoch, len(captions))
+        targets = (sample.image_emb[view_index], sample.caption_emb, synthetic_emb[synthetic_index])
+        for target in targets:
+            check_unit_slices(target, self.settings.teacher_dims)
+        params = decode_param_aug(sample.param_aug[view_index], version=self.settings.param_aug_version)
+        image = decode_image(sample.image)
+        view = self.augmenter.apply(image, params, size=self.image_size)
+        tokens = self.tokenizer([sample.caption, captions[synthetic_index]])
+        return TrainingSample(
+            sample.key, view, tokens, *targets, view_index=view_index, synthetic_index=synthetic_index
+        )
+
+
+def check_unit_slices(vector: np.ndarray, dims: Sequence[int]) -> None:
+    """Each teacher's slice of a stored vector must be unit length, or the split is wrong."""
+    start = 0
+    for k, dim in enumerate(dims):
+        norm = float(np.linalg.norm(vector[start : start + dim]))
+        if not abs(norm - 1.0) <= NORM_TOLERANCE:  # also catches NaN
+            raise SkipSample(
+                "teacher_slice_not_unit", f"teacher {k} slice [{start}:{start + dim}] has norm {norm:.3f}"
+            )
+        start += dim
+
+
+def skip_reason(error: Exception) -> str:
+    return str(getattr(error, "reason", None) or f"error_{type(error).__name__}")
+
+
+class ReinforcedStream(torch.utils.data.IterableDataset):
+    """A stream of batches, endless by default; each worker streams its own shards (shards[w::W])."""
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        settings: DataSettings,
+        *,
+        image_size: int,
+        tokenizer: Tokenizer,
+        batch_size: int,
+        seed: int = 0,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        start: Sequence[WorkerPosition] | None = None,
+        skipped: Sequence[dict[str, int]] | None = None,
+        epochs: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+        self.shards = list(shards)
+        self.settings = settings
+        self.image_size = image_size
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle_buffer = max(1, shuffle_buffer)
+        self.start = list(start) if start else None
+        self.skipped = list(skipped) if skipped else None
+        self.epochs = epochs  # None: endless, as training wants; else the last batch may be short
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.start is not None and len(self.start) != workers:
+            raise DataError(f"the stream was positioned for {len(self.start)} workers, not {workers}")
+        position = dataclasses.replace(self.start[worker]) if self.start else WorkerPosition()
+        skipped = collections.Counter(self.skipped[worker] if self.skipped else {})
+        replayer = SampleReplayer(self.settings, self.image_size, self.tokenizer, self.seed)
+        samples = self._samples(self.shards[worker::workers], worker, position, skipped, replayer)
+        while True:
+            began = time.perf_counter()
+            chunk = list(itertools.islice(samples, self.batch_size))
+            if not chunk:
+                return
+            position = chunk[-1][1]
+            yield _collate([s for s, _ in chunk], worker, position, skipped, time.perf_counter() - began)
+
+    def _samples(
+        self,
+        shards: list[str],
+        worker: int,
+        start: WorkerPosition,
+        skipped: collections.Counter[str],
+        replayer: SampleReplayer,
+    ) -> Iterator[tuple[TrainingSample, WorkerPosition]]:
+        if not shards:
+            raise DataError(f"loader worker {worker} has no shard: use at most as many workers as shards")
+        epoch, resume_offset = start.epoch, start.offset
+        while self.epochs is None or epoch < self.epochs:
+            produced = 0
+            for offset, item in enumerate(self._shuffled(shards, worker, epoch), start=1):
+                if offset <= resume_offset:
+                    continue
+                if isinstance(item, Exception):
+                    skipped[skip_reason(item)] += 1
+                    continue
+                try:
+                    sample = replayer(item, epoch)
+                except Exception as error:  # bad input never stops training; it is counted
+                    skipped[skip_reason(error)] += 1
+                    continue
+                produced += 1
+                yield sample, WorkerPosition(epoch, offset)
+            if produced == 0 and resume_offset == 0:
+                raise DataError(
+                    f"a full pass over {len(shards)} shards ({shards[0]} ...) gave no usable sample; "
+                    f"skipped so far: {dict(skipped)}"
+                )
+            epoch, resume_offset = epoch + 1, 0
+
+    def _shuffled(self, shards: list[str], worker: int, epoch: int) -> Iterator[Any]:
+        order = list(shards)
+        random.Random(derive_seed(_SHARD_ORDER_DOMAIN, self.seed, epoch, worker)).shuffle(order)
+        rng = random.Random(derive_seed(_SHUFFLE_DOMAIN, self.seed, epoch, worker))
+        initial = min(self.shuffle_buffer, 100)
+        return wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(_raw_items(order))
+
+
+def _raw_items(shards: Sequence[str]) -> Iterator[dict[str, Any] | ShardFormatError]:
+    """Raw member dicts; an unreadable or truncated tar ends as one error item after its good samples.
+
+    Errors travel through the shuffle buffer like samples, so each one has a stream position and a
+    resumed run neither loses nor double-counts it.
+    """
+    for shard in shards:
+        try:
+            yield from iter_members(shard)
+        except Exception as error:
+            yield ShardFormatError("unreadable_tar", f"{shard}: {type(error).__name__}: {error}")
+
+
+def _collate(
+    samples: list[TrainingSample],
+    worker: int,
+    position: WorkerPosition,
+    skipped: collections.Counter[str],
+    seconds: float,
+) -> Batch:
+    tokens = torch.stack([s.tokens for s in samples])
+    return Batch(
+        keys=[s.key for s in samples],
+        images=torch.stack([s.image for s in samples]),
+        original_tokens=tokens[:, 0],
+        synthetic_tokens=tokens[:, 1],
+        teacher_image=torch.from_numpy(np.stack([s.teacher_image for s in samples])),
+        teacher_original=torch.from_numpy(np.stack([s.teacher_original for s in samples])),
+        teacher_synthetic=torch.from_numpy(np.stack([s.teacher_synthetic for s in samples])),
+        worker=worker,
+        position=position,
+        skipped=dict(skipped),
+        produce_seconds=seconds,
+    )
+
+
+@dataclasses.dataclass
+class DataCursor:
+    """The consumed position of every worker and the skip counts: what a checkpoint must remember."""
+
+    workers: int
+    positions: list[WorkerPosition]
+    skipped: list[dict[str, int]]
+    batches: int = 0  # consumed so far; batch n comes from worker n % workers
+
+    @classmethod
+    def fresh(cls, workers: int) -> DataCursor:
+        n = max(1, workers)
+        return cls(workers, [WorkerPosition() for _ in range(n)], [{} for _ in range(n)])
+
+    @property
+    def next_worker(self) -> int:
+        return self.batches % max(1, self.workers)
+
+    def advance(self, batch: Batch) -> None:
+        if batch.worker != self.next_worker:
+            raise RuntimeError(f"batch from worker {batch.worker}, expected worker {self.next_worker}")
+        self.positions[batch.worker] = batch.position
+        self.skipped[batch.worker] = dict(batch.skipped)
+        self.batches += 1
+
+    def total_skipped(self) -> dict[str, int]:
+        total: collections.Counter[str] = collections.Counter()
+        for counts in self.skipped:
+            total.update(counts)
+        return dict(sorted(total.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workers": self.workers,
+            "positions": [dataclasses.asdict(p) for p in self.positions],
+            "skipped": self.skipped,
+            "batches": self.batches,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DataCursor:
+        return cls(
+            int(data["workers"]),
+            [WorkerPosition(int(p["epoch"]), int(p["offset"])) for p in data["positions"]],
+            [dict(s) for s in data["skipped"]],
+            int(data["batches"]),
+        )
+
+
+def _limit_threads(_: int) -> None:
+    """Loader workers replay with PIL; one torch thread each leaves the cores to the training step."""
+    torch.set_num_threads(1)
+
+
+def make_loader(stream: ReinforcedStream, workers: int) -> torch.utils.data.DataLoader:
+    """A DataLoader over the stream; with workers > 0 their batches arrive in strict round-robin order."""
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_limit_threads if workers else None,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def in_worker_order(batches: Iterator[Batch], workers: int, first_worker: int = 0) -> Iterator[Batch]:
+    """Batches in the order worker `first_worker`, next, ... (round robin).
+
+    A DataLoader always starts its round robin at worker 0; a resumed run must start where the
+    interrupted one stopped, so batches that arrive early wait (at most one per other worker).
+    """
+    waiting: dict[int, collections.deque[Batch]] = collections.defaultdict(collections.deque)
+    expected = first_worker
+    count = max(1, workers)
+    for batch in batches:
+        waiting[batch.worker].append(batch)
+        while waiting[expected]:
+            yield waiting[expected].popleft()
+            expected = (expected + 1) % count
+
+
+def effective_workers(requested: int, num_shards: int) -> int:
+    """Each worker needs at least one shard of its own."""
+    return max(0, min(requested, num_shards))
+
+
+def probe(
+    shards: Sequence[str], settings: DataSettings, tokenizer: Tokenizer, image_size: int, limit: int = 64
+) -> dict[str, Any]:
+    """Check the first usable sample against the settings; raise DataError with the reason if none.
+
+    Run before training so that a wrong teacher width, a wrong slice split or an unsupported
+    param_aug version is one clear error at start, not a run that skips every sample.
+    """
+    replayer = SampleReplayer(settings, image_size, tokenizer, seed=0)
+    reasons: collections.Counter[str] = collections.Counter()
+    seen = 0
+    for item in _raw_items(shards[:4]):
+        if isinstance(item, Exception):
+            reasons[skip_reason(item)] += 1
+            continue
+        seen += 1
+        try:
+            sample = decode_sample(item)
+            replayer.replay(sample, epoch=0)
+        except Exception as error:
+            reasons[skip_reason(error)] += 1
+            if seen >= limit:
+                break
+            continue
+        return {"key": sample.key, "dim": sample.dim, "num_views": sample.num_views, "skipped": dict(reasons)}
+    hint = ""
+    if "embedding_width_mismatch" in reasons or "teacher_slice_not_unit" in reasons:
+        hint = (
+            f" The teacher widths {list(settings.teacher_dims)} (from {settings.source}) do not match the "
+            "stored embeddings; pass the right --teacher-dims or --config."
+        )
+    if "unsupported_param_version" in reasons:
+        hint += " The data's param_aug version is not one this trainer can replay."
+    raise DataError(f"no usable sample among the first {seen} of {shards[:4]}: {dict(reasons)}.{hint}")
