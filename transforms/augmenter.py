@@ -78,7 +78,7 @@ class _EraseConfig:
 
 
 class ViewAugmenter:
-    """Samples view parameters and renders views; built with :meth:`from_config`."""
+    """Samples view parameters and renders views; build it with :meth:`from_config`."""
 
     def __init__(
         self,
@@ -96,9 +96,9 @@ class ViewAugmenter:
         self._normalize = normalize
         self.min_side = min_side
         self._crop_resample = RESAMPLING[crop.interpolation]
-        ra = rand_augment or _RandAugmentConfig(1.0, 0, 0, 1, "nearest", None)
-        self._op_resample = RESAMPLING[ra.interpolation]
-        self._fill: Fill = ra.fill or (0, 0, 0)
+        # Replayed ops render with the configured interpolation and fill; torchvision's defaults otherwise.
+        self._op_resample = RESAMPLING[rand_augment.interpolation if rand_augment else "nearest"]
+        self._fill: Fill = (rand_augment.fill if rand_augment else None) or (0, 0, 0)
         self.steps: tuple[str, ...] = tuple(
             step
             for step, present in zip(
@@ -134,7 +134,7 @@ class ViewAugmenter:
             flip_p=_parse_flip(steps[FLIP]) if FLIP in steps else None,
             erase_cfg=_parse_erase(steps[ERASE]) if ERASE in steps else None,
             normalize=_parse_normalize(steps["normalize"]) if "normalize" in steps else None,
-            min_side=int(min_side),
+            min_side=_positive_int(min_side, "min_side"),
         )
 
     @property
@@ -245,6 +245,12 @@ def _pair(value: Any, name: str) -> tuple[float, float]:
     return (low, high)
 
 
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def _probability(value: Any, name: str) -> float:
     p = float(value)
     if not 0.0 <= p <= 1.0:
@@ -255,6 +261,7 @@ def _probability(value: Any, name: str) -> float:
 def _interpolation(value: Any, name: str) -> str:
     # torchvision's InterpolationMode (what the public trainer passes in) carries the name in .value.
     text = str(getattr(value, "value", value)).lower()
+    text = {"cubic": "bicubic"}.get(text, text)  # the public config's alias; torchvision knows "bicubic"
     if text not in RESAMPLING:
         raise ValueError(f"{name} interpolation {value!r} is not one of {sorted(RESAMPLING)}")
     return text
@@ -267,16 +274,15 @@ def _check_keys(options: Mapping[str, Any], allowed: set[str], step: str) -> Non
 
 
 def _parse_crop(options: dict[str, Any]) -> _CropConfig:
+    # antialias is accepted and dropped: Pillow always antialiases, as torchvision documents for PIL images.
     _check_keys(options, {"size", "scale", "ratio", "interpolation", "antialias"}, CROP)
     size = options.get("size")
     if isinstance(size, Sequence) and not isinstance(size, str):
         if len(size) not in (1, 2) or len(set(size)) != 1:
             raise ValueError(f"views are square; {CROP} size must be one int, got {size!r}")
         size = size[0]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"{CROP} size must be a positive int, got {size!r}")
     return _CropConfig(
-        size=size,
+        size=_positive_int(size, f"{CROP} size"),
         scale=_pair(options.get("scale", (0.08, 1.0)), f"{CROP} scale"),
         ratio=_pair(options.get("ratio", (3.0 / 4.0, 4.0 / 3.0)), f"{CROP} ratio"),
         interpolation=_interpolation(options.get("interpolation", "bilinear"), CROP),

@@ -15,10 +15,12 @@ an image must decode it the same way. The convention is the public MobileCLIP tr
 
 Decompression bombs are refused from the header, before any pixel is decoded. The effective cap is
 ``min(max_pixels, PIL.Image.MAX_IMAGE_PIXELS)``: Pillow's own bomb warning and error both become
-:class:`BadImageError` and never escape. (That uses ``warnings.catch_warnings``, which in Python
-3.11 swaps the process-wide filter list; at worst a concurrent thread sees Pillow's bomb warning
-raised as an exception, which this function also turns into ``BadImageError``.) ``ImageFile.LOAD_TRUNCATED_IMAGES`` is Pillow's
-global switch; we leave it alone (off), so a truncated file is ``BadImageError("truncated")``.
+:class:`BadImageError` and never escape. That uses ``warnings.catch_warnings``, which in Python
+3.11 swaps the process-wide filter list; the worst a concurrent thread can see is Pillow's bomb
+warning raised as an exception instead of printed.
+
+``ImageFile.LOAD_TRUNCATED_IMAGES`` is Pillow's global switch; we leave it alone (off), so a
+truncated file is ``BadImageError("truncated")`` rather than an image padded with grey.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import random
 
 import numpy as np
@@ -243,3 +244,28 @@ def test_normalize_equals_to_tensor_then_normalize(augmenter, photo) -> None:
     assert math.isclose(float(ours.mean()), float(expected.mean()))
     with pytest.raises(TypeError):
         normalize(views.float(), mean, std)
+
+
+def test_augmenter_pickles_for_beam(augmenter, photo) -> None:
+    clone = pickle.loads(pickle.dumps(augmenter))
+    assert clone == augmenter
+    params = clone.sample(view_rng(1, "pickle", 0), photo.size)
+    assert params == augmenter.sample(view_rng(1, "pickle", 0), photo.size)
+    assert torch.equal(clone.apply(photo, params), augmenter.apply(photo, params))
+
+
+def test_canonical_config_builds_the_public_torchvision_steps() -> None:
+    """The public DataCompDR code passes each step's options to a torchvision class: they must fit."""
+    config = ViewAugmenter.from_config(
+        copy.deepcopy(DATACOMPDR_AUGMENTATION)
+        | {"random_horizontal_flip": {"p": 0.5}, "random_erase": {"p": 0.25}}
+    ).config
+    crop = dict(
+        config["random_resized_crop"],
+        interpolation=InterpolationMode(config["random_resized_crop"]["interpolation"]),
+    )
+    T.RandomResizedCrop(**crop)
+    T.RandAugment(**{k: v for k, v in config["rand_augment"].items() if k != "p"})
+    T.RandomHorizontalFlip(**config["random_horizontal_flip"])
+    T.RandomErasing(**config["random_erase"])
+    T.Normalize(**config["normalize"])
