@@ -11,9 +11,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,14 +169,137 @@ def make_run(sample_raw_dir: Path, tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def reinforced_run(sample_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real job's output on the bundled raw shards (tiny preset), made once per session."""
+    """The real job's output on the first bundled raw shard (tiny preset), made once per session."""
     out = tmp_path_factory.mktemp("reinforced") / "out"
     command = [
         sys.executable, "-m", "pipeline.reinforce",
-        "--input", str(sample_raw_dir / "*.tar"), "--output", str(out),
+        "--input", str(sample_raw_dir / "00000000.tar"), "--output", str(out),
         "--preset", "tiny", "--runner", "DirectRunner",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise AssertionError(f"the job failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return out
+
+
+# -- a headless browser for the HTML report -----------------------------------------------------
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+)
+
+
+@dataclasses.dataclass
+class PageReport:
+    """What a person would see go wrong: images that did not render, and errors the page logged."""
+
+    images: list[dict[str, Any]]
+    errors: list[str]
+
+
+class Chromium:
+    """Chromium driven over the DevTools protocol, on loopback only, with a fresh profile."""
+
+    def __init__(self, binary: str, profile: Path) -> None:
+        self.process = subprocess.Popen(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("chromium did not open its DevTools port")
+            time.sleep(0.1)
+        self.port = int(port_file.read_text().splitlines()[0])
+
+    def open(self, url: str, timeout: float = 60) -> PageReport:
+        """Load `url` in a new tab; report its images and every error logged while it loaded."""
+        import websocket  # websocket-client
+
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/json/new?about:blank", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            target = json.load(response)
+        connection = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=timeout)
+        errors: list[str] = []
+        ids = iter(range(1, 10_000))
+
+        def call(
+            method: str, params: dict[str, Any] | None = None, until: str | None = None
+        ) -> dict[str, Any]:
+            number = next(ids)
+            connection.send(json.dumps({"id": number, "method": method, "params": params or {}}))
+            result: dict[str, Any] = {}
+            waiting_for_reply, waiting_for_event = True, until is not None
+            while waiting_for_reply or waiting_for_event:
+                message = json.loads(connection.recv())
+                if message.get("id") == number:
+                    result, waiting_for_reply = message.get("result", {}), False
+                elif message.get("method") == until:
+                    waiting_for_event = False
+                else:
+                    errors.extend(_page_errors(message))
+            return result
+
+        try:
+            for domain in ("Page", "Runtime", "Log"):
+                call(f"{domain}.enable")
+            call("Page.navigate", {"url": url}, until="Page.loadEventFired")
+            script = (
+                "JSON.stringify(Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, "
+                "naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight})))"
+            )
+            value = call("Runtime.evaluate", {"expression": script, "returnByValue": True})
+            images = json.loads(value["result"]["value"])
+        finally:
+            connection.close()
+        return PageReport(images=images, errors=errors)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _page_errors(message: dict[str, Any]) -> list[str]:
+    method, params = message.get("method"), message.get("params", {})
+    if method == "Runtime.exceptionThrown":
+        return [f"exception: {params['exceptionDetails'].get('text')}"]
+    if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+        return [f"console.{params['type']}: {[a.get('value') for a in params.get('args', [])]}"]
+    if method == "Log.entryAdded" and params["entry"].get("level") == "error":
+        return [f"log ({params['entry'].get('source')}): {params['entry'].get('text')}"]
+    return []
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    """Debian's chromium (`apt-get install chromium`); only a machine that cannot have it skips."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        message = (
+            "chromium is not installed: `make browser` (apt-get install --no-install-recommends chromium)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must install it")
+        pytest.skip(message)
+    pytest.importorskip("websocket", reason="websocket-client (requirements-dev.txt) drives chromium")
+    browser = Chromium(binary, tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield browser
+    finally:
+        browser.close()

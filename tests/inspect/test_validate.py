@@ -65,6 +65,12 @@ def test_a_good_run_passes_with_raw_check(make_run, sample_raw_dir: Path, capsys
     assert lines == ["OK: 2 shard(s), 12 sample(s) checked, no problems"]
 
 
+def test_the_real_job_output_passes(reinforced_run: Path, sample_raw_dir: Path, capsys) -> None:
+    code, lines = run_cli([str(reinforced_run), "--raw", str(sample_raw_dir)], capsys)
+    assert code == 0, lines
+    assert lines[-1].startswith("OK: 1 shard(s), 12 sample(s) checked")
+
+
 @pytest.mark.parametrize(
     ("spec", "flags"),
     [
