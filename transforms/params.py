@@ -72,7 +72,12 @@ class ViewParams:
                 _check_op(pair)
         if self.flip is not None and not isinstance(self.flip, bool):
             raise InvalidParamsError(f"flip must be a bool, got {self.flip!r}")
-        if self.steps[:1] != (CROP,) or list(self.steps) != sorted(set(self.steps), key=STEP_ORDER.index):
+        known = set(self.steps) <= set(STEP_ORDER)
+        if (
+            not known
+            or self.steps[:1] != (CROP,)
+            or list(self.steps) != sorted(set(self.steps), key=STEP_ORDER.index)
+        ):
             raise InvalidParamsError(f"steps {self.steps} are not an ordered subset of {STEP_ORDER}")
         if (self.flip is not None) != (FLIP in self.steps):
             raise InvalidParamsError("flip is set exactly when the steps include a flip")

@@ -128,3 +128,11 @@ def test_malformed_entries_raise_a_countable_error(entry, reason: str) -> None:
     with pytest.raises(InvalidParamsError) as error:
         decode_param_aug(entry)
     assert error.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "steps", [(), ("rand_augment",), ("random_resized_crop", "mixup"), ("random_resized_crop",) * 2]
+)
+def test_view_params_refuse_unknown_or_unordered_steps(steps: tuple[str, ...]) -> None:
+    with pytest.raises(InvalidParamsError):
+        ViewParams(crop=(0, 0, 1, 1), ops=None, steps=steps)
