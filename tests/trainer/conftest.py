@@ -148,7 +148,7 @@ def make_shards(tmp_path: Path) -> Callable[..., tuple[Path, list[ReinforcedSamp
     return build
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shard_tools() -> SimpleNamespace:
     """The builders above, for tests that hand-craft bad samples."""
     return SimpleNamespace(

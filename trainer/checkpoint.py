@@ -1,0 +1,131 @@
+"""Checkpoints: student weights as an open_clip `local-dir:` folder, optimizer tensors as safetensors,
+and a small JSON with the step, the optimizer's scalars and the data cursor.
+
+`state.json` is written last: a folder without it is an interrupted save and is ignored, so a crash
+while saving leaves the previous checkpoint as the one to resume from. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from pipeline import storage
+from trainer.students import CONFIG_FILE, WEIGHTS_FILE, Student
+
+CHECKPOINTS = "checkpoints"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+_STEP_DIR = re.compile(r"step_(\d{8})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (unreadable, or from a different run)."""
+
+
+@dataclasses.dataclass
+class TrainingState:
+    step: int  # optimizer steps done
+    run: dict[str, Any]  # the settings that define the run; a resume must match them
+    data: dict[str, Any]  # trainer.data.DataCursor.to_json()
+    optimizer_groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def step_dir(output: str, step: int) -> str:
+    return storage.join(output, CHECKPOINTS, f"step_{step:08d}")
+
+
+def save_checkpoint(
+    output: str, student: Student, optimizer: torch.optim.Optimizer, state: TrainingState, keep: int = 2
+) -> str:
+    folder = step_dir(output, state.step)
+    weights = {name: t.detach().contiguous() for name, t in student.model.state_dict().items()}
+    storage.write_bytes_atomic(storage.join(folder, WEIGHTS_FILE), save_safetensors(_unaliased(weights)))
+    config = json.dumps(student.open_clip_config(), indent=2, sort_keys=True) + "\n"
+    storage.write_text_atomic(storage.join(folder, CONFIG_FILE), config)
+    tensors, groups = _split_optimizer_state(optimizer.state_dict())
+    storage.write_bytes_atomic(storage.join(folder, OPTIMIZER_FILE), save_safetensors(tensors))
+    state.optimizer_groups = groups
+    storage.write_text_atomic(
+        storage.join(folder, STATE_FILE), json.dumps(dataclasses.asdict(state), indent=2)
+    )
+    for old in completed_steps(output)[:-keep] if keep > 0 else []:
+        _delete_folder(step_dir(output, old))
+    return folder
+
+
+def completed_steps(output: str) -> list[int]:
+    """Steps of the checkpoints whose save finished (state.json present), ascending."""
+    try:
+        found = storage.match(storage.join(output, CHECKPOINTS, "step_*", STATE_FILE))
+    except Exception:
+        return []
+    steps = []
+    for path in found:
+        match = _STEP_DIR.search(storage.dirname(path).rstrip("/"))
+        if match:
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def load_checkpoint(folder: str, student: Student, optimizer: torch.optim.Optimizer) -> TrainingState:
+    """Restore weights and optimizer in place; return the saved training state."""
+    try:
+        state = TrainingState(**json.loads(storage.read_text(storage.join(folder, STATE_FILE))))
+        weights = load_safetensors(storage.read_bytes(storage.join(folder, WEIGHTS_FILE)))
+        tensors = load_safetensors(storage.read_bytes(storage.join(folder, OPTIMIZER_FILE)))
+    except Exception as error:
+        raise CheckpointError(f"cannot read checkpoint {folder}: {type(error).__name__}: {error}") from error
+    student.model.load_state_dict(weights, strict=True)
+    optimizer.load_state_dict(_join_optimizer_state(tensors, state.optimizer_groups))
+    return state
+
+
+def _unaliased(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share storage (tied weights); give each its own copy."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return out
+
+
+def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    tensors = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().contiguous()
+    return tensors, json.loads(json.dumps(state["param_groups"]))
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = tensor
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    return {"state": per_param, "param_groups": groups}
+
+
+def _delete_folder(folder: str) -> None:
+    for name in (
+        STATE_FILE,
+        OPTIMIZER_FILE,
+        WEIGHTS_FILE,
+        CONFIG_FILE,
+    ):  # state.json first: no half-checkpoint
+        storage.delete(storage.join(folder, name))
+    try:
+        storage.delete(folder)
+    except Exception:  # object stores have no folders; a local one may hold foreign files
+        return

@@ -1,0 +1,238 @@
+"""Zero-shot classification and image↔text retrieval of a student on held-out shards.
+
+The held-out set is a folder of tars in any of the layouts we meet: raw img2dataset shards (image,
+`txt`), our reinforced shards (the same members and more), or CLIP-benchmark webdatasets (image,
+`cls` label, `txt` with one caption per line; `classnames.txt` and
+`zeroshot_classification_templates.txt` beside the `test/` folder). Retrieval needs captions,
+classification needs labels and class names; each is reported when its inputs are there.
+
+Usage: `python -m trainer.evaluate --checkpoint RUN/checkpoints/step_N --data 'HELDOUT/*.tar'`
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import open_clip
+import torch
+
+from pipeline import storage
+from pipeline.shard_format import IMAGE_MEMBERS, iter_members
+from trainer.data import list_shards, skip_reason
+from trainer.students import LOCAL_DIR, Student, create_student
+from transforms import decode_image
+
+CLASSNAMES_FILE = "classnames.txt"
+TEMPLATES_FILE = "zeroshot_classification_templates.txt"
+DEFAULT_TEMPLATES = (
+    "a photo of a {c}.",
+    "a bad photo of a {c}.",
+    "a photo of the {c}.",
+    "a picture of a {c}.",
+)
+RECALL_AT = (1, 5)
+
+
+@dataclasses.dataclass
+class EvalSet:
+    images: list[torch.Tensor]  # preprocessed for the student
+    captions: list[list[str]]  # per image, possibly empty
+    labels: list[int | None]
+    skipped: dict[str, int]
+
+
+def load_eval_set(patterns: Sequence[str], student: Student, limit: int | None = None) -> EvalSet:
+    """Decode held-out samples with the student's own eval preprocessing; bad ones are counted."""
+    preprocess = open_clip.image_transform(
+        student.image_size,
+        is_train=False,
+        mean=student.mean,
+        std=student.std,
+        resize_mode=student.preprocess_cfg.get("resize_mode"),
+        interpolation=student.preprocess_cfg.get("interpolation"),
+    )
+    images, captions, labels = [], [], []
+    skipped: collections.Counter[str] = collections.Counter()
+    for shard in list_shards(patterns):
+        try:
+            for members in iter_members(shard):
+                if limit is not None and len(images) >= limit:
+                    break
+                member = next((m for m in IMAGE_MEMBERS if m in members), None)
+                if member is None:
+                    skipped["missing_image"] += 1
+                    continue
+                try:
+                    image = preprocess(decode_image(members[member]))
+                    texts = _captions(members.get("txt"))
+                    label = int(members["cls"]) if "cls" in members else None
+                except Exception as error:
+                    skipped[skip_reason(error)] += 1
+                    continue
+                images.append(image)
+                captions.append(texts)
+                labels.append(label)
+        except Exception:
+            skipped["unreadable_tar"] += 1
+    return EvalSet(images, captions, labels, dict(skipped))
+
+
+def _captions(data: Any) -> list[str]:
+    if data is None:
+        return []
+    text = data.decode("utf-8") if isinstance(data, bytes) else str(data)
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def _embed_images(student: Student, images: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    dtype = next(student.model.parameters()).dtype
+    out = [
+        student.model.encode_image(torch.stack(images[i : i + batch_size]).to(dtype), normalize=True).float()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _embed_texts(student: Student, texts: list[str], batch_size: int) -> torch.Tensor:
+    out = [
+        student.model.encode_text(student.tokenizer(texts[i : i + batch_size]), normalize=True).float()
+        for i in range(0, len(texts), batch_size)
+    ]
+    return torch.cat(out)
+
+
+def retrieval_metrics(
+    image_features: torch.Tensor, text_features: torch.Tensor, text_owner: torch.Tensor
+) -> dict:
+    """Recall@k both ways; `text_owner[t]` is the image caption t belongs to (an image may own several)."""
+    similarity = image_features @ text_features.T  # [images, texts]
+    metrics = {}
+    for k in RECALL_AT:
+        top_texts = similarity.topk(min(k, similarity.shape[1]), dim=1).indices  # [images, k]
+        hit_i2t = (text_owner[top_texts] == torch.arange(similarity.shape[0])[:, None]).any(dim=1)
+        top_images = similarity.T.topk(min(k, similarity.shape[0]), dim=1).indices  # [texts, k]
+        hit_t2i = (top_images == text_owner[:, None]).any(dim=1)
+        metrics[f"image_to_text_R@{k}"] = float(hit_i2t.float().mean())
+        metrics[f"text_to_image_R@{k}"] = float(hit_t2i.float().mean())
+    return metrics
+
+
+def classifier_weights(
+    student: Student, classnames: Sequence[str], templates: Sequence[str], batch_size: int
+) -> torch.Tensor:
+    """One unit vector per class: the normalised mean of its templated prompts' embeddings."""
+    weights = []
+    for name in classnames:
+        prompts = [t.replace("{c}", name) for t in templates]
+        mean = _embed_texts(student, prompts, batch_size).mean(dim=0)
+        weights.append(mean / mean.norm())
+    return torch.stack(weights)
+
+
+def evaluate(
+    student: Student,
+    eval_set: EvalSet,
+    classnames: Sequence[str] | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    if not eval_set.images:
+        raise ValueError(f"the held-out set has no usable image (skipped: {eval_set.skipped})")
+    was_training = student.model.training
+    student.model.eval()
+    try:
+        image_features = _embed_images(student, eval_set.images, batch_size)
+        result: dict[str, Any] = {"num_images": len(eval_set.images), "skipped": eval_set.skipped}
+        texts = [c for caps in eval_set.captions for c in caps]
+        if texts:
+            owner = torch.tensor([i for i, caps in enumerate(eval_set.captions) for _ in caps])
+            with_text = torch.tensor([bool(caps) for caps in eval_set.captions])
+            text_features = _embed_texts(student, texts, batch_size)
+            result["num_captions"] = len(texts)
+            # Images without a caption cannot be retrieved correctly; leave them out of image→text.
+            kept = with_text.nonzero().squeeze(1)
+            remap = torch.full((len(eval_set.images),), -1, dtype=torch.long)
+            remap[kept] = torch.arange(len(kept))
+            result.update(retrieval_metrics(image_features[kept], text_features, remap[owner]))
+        labelled = [i for i, label in enumerate(eval_set.labels) if label is not None]
+        if labelled and classnames:
+            weights = classifier_weights(student, classnames, templates, batch_size)
+            labels = torch.tensor([eval_set.labels[i] for i in labelled])
+            if int(labels.max()) >= len(classnames) or int(labels.min()) < 0:
+                raise ValueError(
+                    f"labels reach {int(labels.max())} but there are {len(classnames)} class names"
+                )
+            logits = image_features[labelled] @ weights.T
+            for k in (1, 5):
+                if k <= len(classnames):
+                    top = logits.topk(k, dim=1).indices
+                    result[f"zeroshot_top{k}"] = float((top == labels[:, None]).any(dim=1).float().mean())
+            result["num_labelled"] = len(labelled)
+            result["num_classes"] = len(classnames)
+        return result
+    finally:
+        student.model.train(was_training)
+
+
+def find_side_file(patterns: Sequence[str], name: str) -> str | None:
+    """CLIP-benchmark keeps class names and templates beside the split folder (or in it)."""
+    folder = storage.dirname(patterns[0])
+    for candidate in (storage.join(folder, name), storage.join(storage.dirname(folder.rstrip("/")), name)):
+        try:
+            if storage.exists(candidate):
+                return candidate
+        except Exception:
+            continue
+    return None
+
+
+def read_lines(path: str) -> list[str]:
+    return [line.strip() for line in storage.read_text(path).splitlines() if line.strip()]
+
+
+def evaluate_on(
+    student: Student,
+    patterns: Sequence[str],
+    classnames_path: str | None = None,
+    templates_path: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Load the held-out shards (and side files when present) and evaluate."""
+    classnames_path = classnames_path or find_side_file(patterns, CLASSNAMES_FILE)
+    templates_path = templates_path or find_side_file(patterns, TEMPLATES_FILE)
+    classnames = read_lines(classnames_path) if classnames_path else None
+    templates = read_lines(templates_path) if templates_path else list(DEFAULT_TEMPLATES)
+    return evaluate(student, load_eval_set(patterns, student, limit), classnames, templates)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Zero-shot classification and retrieval of a trained student."
+    )
+    parser.add_argument("--checkpoint", required=True, help="RUN/checkpoints/step_N, or any open_clip name")
+    parser.add_argument(
+        "--pretrained", default=None, help="pretrained tag, when --checkpoint is a model name"
+    )
+    parser.add_argument(
+        "--data", required=True, nargs="+", help="held-out shard patterns (local, gs://, s3://)"
+    )
+    parser.add_argument("--classnames", default=None, help=f"one class per line (default: {CLASSNAMES_FILE})")
+    parser.add_argument("--templates", default=None, help="prompt templates with {c} (default: CLIP's)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    args = parser.parse_args(argv)
+    name = args.checkpoint
+    if storage.exists(storage.join(name, "open_clip_config.json")) and not name.startswith(LOCAL_DIR):
+        name = LOCAL_DIR + name
+    student = create_student(name, pretrained=args.pretrained)
+    print(json.dumps(evaluate_on(student, args.data, args.classnames, args.templates, args.limit)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""Train a CLIP student on reinforced shards with the loss of contract §5.
+
+    python -m trainer.train --data 'OUT/*.tar' --model MobileCLIP2-S0 --steps 30000 --batch-size 256 \
+        [--lambda 1.0] [--config OUT/config.json] --output RUN
+
+Running the same command again on the same RUN folder resumes from its last checkpoint and continues
+the same run: same weights, optimizer state, schedule and data position, so the result equals an
+uninterrupted run's. RUN gets `log.jsonl` (one record per step), `loss.png`, `train_config.json`,
+`checkpoints/step_N/` (an open_clip `local-dir:` folder plus optimizer state) and `eval.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from pipeline import storage
+from trainer import checkpoint as ckpt
+from trainer.data import (
+    DEFAULT_SHUFFLE_BUFFER,
+    DEFAULT_WORKERS,
+    Batch,
+    DataCursor,
+    DataError,
+    ReinforcedStream,
+    effective_workers,
+    in_worker_order,
+    list_shards,
+    make_loader,
+    probe,
+)
+from trainer.evaluate import evaluate_on
+from trainer.loss import LossParts, reinforced_loss
+from trainer.optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
+from trainer.plot import plot_losses, read_log, write_log
+from trainer.settings import (
+    DataSettings,
+    SettingsError,
+    load_run_config,
+    resolve_data_settings,
+    sibling_config,
+)
+from trainer.students import PRECISIONS, Student, StudentError, create_student, encode
+from transforms import normalize
+
+LOG_FILE = "log.jsonl"
+EVAL_FILE = "eval.jsonl"
+PLOT_FILE = "loss.png"
+TRAIN_CONFIG_FILE = "train_config.json"
+# Settings that define a run: resuming with any of them changed would not continue the same run.
+RUN_KEYS = (
+    "model",
+    "pretrained",
+    "steps",
+    "batch_size",
+    "lam",
+    "lr",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "eps",
+    "warmup",
+    "grad_clip",
+    "precision",
+    "seed",
+    "shuffle_buffer",
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, nargs="+", help="reinforced shard patterns (local, gs://, s3://)")
+    p.add_argument(
+        "--model", required=True, help="tiny, an open_clip name (MobileCLIP2-S0, ...) or local-dir:"
+    )
+    p.add_argument("--pretrained", default=None, help="start from this pretrained tag (needs the hub)")
+    p.add_argument("--output", required=True, help="run folder; an existing one is resumed")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument(
+        "--batch-size", type=int, required=True, help="per step (each loader worker fills whole batches)"
+    )
+    p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="KD weight λ (contract §5)")
+    p.add_argument(
+        "--config", default=None, help="the reinforcement run's config.json (default: beside the data)"
+    )
+    p.add_argument("--teacher-dims", type=_ints, default=None, help="e.g. 768,768; overrides the config")
+    p.add_argument("--kd-logit-scales", type=_floats, default=None, help="e.g. 100,100; overrides the config")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.2)
+    p.add_argument("--beta1", type=float, default=0.9)
+    p.add_argument("--beta2", type=float, default=0.95)
+    p.add_argument("--eps", type=float, default=1e-6)
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(1000, steps/10))")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="pure_bf16 casts the weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="loader processes (capped at #shards)"
+    )
+    p.add_argument("--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER, help="samples per worker")
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=10, help="print (and flush the log) every N steps")
+    p.add_argument("--eval-data", nargs="+", default=None, help="held-out shards for retrieval/zero-shot")
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="also evaluate every N steps (0: only at the end)"
+    )
+    p.add_argument("--classnames", default=None)
+    p.add_argument("--templates", default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch threads for the step (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = min(1000, args.steps // 10)
+    problems = [
+        msg
+        for bad, msg in (
+            (args.steps < 1, "--steps must be at least 1"),
+            (args.batch_size < 1, "--batch-size must be at least 1"),
+            (not 0.0 <= args.lam <= 1.0, "--lambda must be in [0, 1]"),
+            (args.warmup < 0, "--warmup must be >= 0"),
+            (args.workers < 0, "--workers must be >= 0"),
+            (args.checkpoint_every < 1, "--checkpoint-every must be at least 1"),
+        )
+        if bad
+    ]
+    if problems:
+        p.error("; ".join(problems))
+    return args
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def run_identity(args: argparse.Namespace, shards: list[str], settings: DataSettings) -> dict[str, Any]:
+    identity = {key: getattr(args, key) for key in RUN_KEYS}
+    identity["shards"] = shards
+    identity["data_settings"] = {k: v for k, v in settings.describe().items() if k != "source"}
+    return json.loads(json.dumps(identity))
+
+
+def train_step(
+    student: Student,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    settings: DataSettings,
+    args: argparse.Namespace,
+) -> tuple[LossParts, float]:
+    images = normalize(batch.images, student.mean, student.std)
+    tokens = torch.cat([batch.original_tokens, batch.synthetic_tokens])
+    image_features, text_features, logit_scale = encode(student, images, tokens)
+    size = len(batch)
+    parts = reinforced_loss(
+        image_features,
+        text_features[:size],
+        text_features[size:],
+        logit_scale,
+        batch.teacher_image,
+        batch.teacher_original,
+        batch.teacher_synthetic,
+        settings.slices,
+        args.lam,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    params = [p for p in student.model.parameters() if p.grad is not None]
+    max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    optimizer.step()
+    clamp_logit_scale(student.model)
+    return parts, grad_norm
+
+
+def _write_train_config(output: str, identity: dict[str, Any], args: argparse.Namespace, source: str) -> None:
+    path = storage.join(output, TRAIN_CONFIG_FILE)
+    payload = {"run": identity, "workers": args.workers, "data_settings_source": source, "argv": sys.argv[1:]}
+    storage.write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def _resume(
+    args: argparse.Namespace,
+    student: Student,
+    optimizer: torch.optim.Optimizer,
+    identity: dict[str, Any],
+    workers: int,
+) -> tuple[int, DataCursor]:
+    steps = ckpt.completed_steps(args.output)
+    if not steps:
+        return 0, DataCursor.fresh(workers)
+    folder = ckpt.step_dir(args.output, steps[-1])
+    state = ckpt.load_checkpoint(folder, student, optimizer)
+    differing = sorted(k for k in set(identity) | set(state.run) if identity.get(k) != state.run.get(k))
+    if differing:
+        raise ckpt.CheckpointError(
+            f"{args.output} holds a run with different {', '.join(differing)}; "
+            "resume with the same settings or pick a new --output"
+        )
+    cursor = DataCursor.from_json(state.data)
+    if cursor.workers != workers:
+        raise ckpt.CheckpointError(
+            f"the run used {cursor.workers} loader workers and this resume {workers}; the data position is "
+            f"per worker, so resume with --workers {cursor.workers}"
+        )
+    print(f"resuming {args.output} from step {state.step}", file=sys.stderr)
+    return state.step, cursor
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config_path = args.config or sibling_config(args.data[0])
+    config = load_run_config(config_path) if config_path else None
+    settings = resolve_data_settings(
+        config, teacher_dims=args.teacher_dims, kd_logit_scales=args.kd_logit_scales, config_path=config_path
+    )
+    shards = list_shards(args.data)
+    student = create_student(args.model, pretrained=args.pretrained, seed=args.seed, precision=args.precision)
+    probed = probe(shards, settings, student.tokenizer, student.image_size)
+    workers = effective_workers(args.workers, len(shards))
+    optimizer = build_optimizer(student.model, args.lr, args.weight_decay, (args.beta1, args.beta2), args.eps)
+    identity = run_identity(args, shards, settings)
+    start, cursor = _resume(args, student, optimizer, identity, workers)
+    if start == 0:
+        _write_train_config(args.output, identity, args, settings.source)
+    log_path, eval_path = storage.join(args.output, LOG_FILE), storage.join(args.output, EVAL_FILE)
+    records = [r for r in read_log(log_path) if r["step"] < start]  # steps after the checkpoint are redone
+    evals = [r for r in read_log(eval_path) if r["step"] <= start]
+    print(
+        f"training {args.model} ({student.image_size}px) on {len(shards)} shards with {workers} workers; "
+        f"teachers {list(settings.teacher_dims)} at KD scales {list(settings.kd_logit_scales)} "
+        f"(from {settings.source}); first sample {probed['key']} has {probed['num_views']} views",
+        file=sys.stderr,
+    )
+    stream = ReinforcedStream(
+        shards,
+        settings,
+        image_size=student.image_size,
+        tokenizer=student.tokenizer,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        shuffle_buffer=args.shuffle_buffer,
+        start=cursor.positions,
+        skipped=cursor.skipped,
+    )
+    loader = in_worker_order(iter(make_loader(stream, workers)), workers, cursor.next_worker)
+    student.model.train()
+
+    def save(step: int) -> None:
+        state = ckpt.TrainingState(step=step, run=identity, data=cursor.to_json())
+        ckpt.save_checkpoint(args.output, student, optimizer, state, keep=args.keep_checkpoints)
+        write_log(log_path, records)
+        plot_losses(records, storage.join(args.output, PLOT_FILE), title=f"{args.model} on {args.data[0]}")
+
+    def run_eval(step: int) -> None:
+        result = evaluate_on(student, args.eval_data, args.classnames, args.templates)
+        evals.append({"step": step, **result})
+        write_log(eval_path, evals)
+        print(json.dumps({"eval_step": step, **result}), file=sys.stderr)
+
+    try:
+        for step in range(start, args.steps):
+            began = time.perf_counter()
+            batch = next(loader)
+            waited = time.perf_counter() - began
+            lr = learning_rate(step, args.lr, args.warmup, args.steps)
+            set_learning_rate(optimizer, lr)
+            parts, grad_norm = train_step(student, optimizer, batch, settings, args)
+            cursor.advance(batch)
+            seconds = time.perf_counter() - began
+            records.append(
+                {
+                    "step": step,
+                    **parts.as_floats(),
+                    "logit_scale": float(student.model.logit_scale.detach().float().exp()),
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "samples_per_s": len(batch) / seconds,
+                    "step_seconds": seconds,
+                    "data_wait_seconds": waited,
+                    "replay_seconds": batch.produce_seconds,
+                    "skipped": sum(cursor.total_skipped().values()),
+                }
+            )
+            done = step + 1
+            if done % args.log_every == 0 or done == args.steps:
+                r = records[-1]
+                print(
+                    f"step {done}/{args.steps} loss {r['total']:.4f} kd {r['kd_original']:.4f}/"
+                    f"{r['kd_synthetic']:.4f} scale {r['logit_scale']:.2f} lr {lr:.2e} "
+                    f"{r['samples_per_s']:.1f} samples/s",
+                    file=sys.stderr,
+                )
+            if done % args.checkpoint_every == 0 or done == args.steps:
+                save(done)
+            if args.eval_data and args.eval_every and done % args.eval_every == 0 and done != args.steps:
+                run_eval(done)
+    finally:
+        del loader  # stops the loader workers
+    if args.eval_data and (not evals or evals[-1]["step"] != args.steps):
+        run_eval(args.steps)
+    return summarize(records, cursor, evals)
+
+
+def summarize(
+    records: list[dict[str, Any]], cursor: DataCursor, evals: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """First and last losses (averaged over a few steps) and throughput, for the final report line."""
+    window = max(1, min(10, len(records) // 4))
+    summary: dict[str, Any] = {"steps": len(records), "skipped": cursor.total_skipped()}
+    for name in ("total", "kd_original", "kd_synthetic", "clip_original", "clip_synthetic"):
+        if records:
+            summary[f"first_{name}"] = sum(r[name] for r in records[:window]) / window
+            summary[f"last_{name}"] = sum(r[name] for r in records[-window:]) / window
+    timed = records[1:] or records  # the first step includes starting the loader workers
+    if timed:
+        total = sum(r["step_seconds"] for r in timed)
+        summary["samples_per_s"] = sum(r["samples_per_s"] * r["step_seconds"] for r in timed) / total
+        summary["data_wait_share"] = sum(r["data_wait_seconds"] for r in timed) / total
+    if evals:
+        summary["eval"] = evals[-1]
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        summary = train(args)
+    except (SettingsError, DataError, StudentError, ckpt.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
