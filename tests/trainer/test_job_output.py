@@ -1,0 +1,88 @@
+"""The trainer on the reinforcement job's real output (tiny preset, bundled real photos)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from trainer import train
+from trainer.data import ReinforcedStream, list_shards
+from trainer.settings import load_run_config, resolve_data_settings, sibling_config
+from trainer.students import create_student
+
+reinforce = pytest.importorskip("pipeline.reinforce")
+TeacherEnsemble = pytest.importorskip("teachers.ensemble").TeacherEnsemble
+
+TEACHER_SIZE = 224  # the view size the job's teachers saw (contract §3)
+
+
+@pytest.fixture(scope="module")
+def job(
+    tmp_path_factory: pytest.TempPathFactory, sample_raw_dir: Path, tiny_checkpoints: dict
+) -> SimpleNamespace:
+    raw = tmp_path_factory.mktemp("raw")
+    shutil.copy(sample_raw_dir / "00000000.tar", raw / "00000000.tar")
+    out = tmp_path_factory.mktemp("job") / "out"
+    teachers = [tiny_checkpoints["clip-a"], tiny_checkpoints["clip-b"]]
+    argv = [
+        "--input", f"{raw}/*.tar", "--output", str(out), "--preset", "tiny",
+        "--teachers", ",".join(teachers), "--captioner", tiny_checkpoints["coca"],
+        "--num-views", "3", "--num-captions", "2", "--batch-size", "8", "--seed", "11",
+        "--no-progress", "--model_threads", "1",
+    ]  # fmt: skip
+    assert reinforce.main(argv) == 0
+    return SimpleNamespace(out=out, teachers=teachers)
+
+
+def test_replayed_views_are_exactly_the_views_the_jobs_teachers_embedded(job: SimpleNamespace) -> None:
+    """Replay through the trainer's stream at the teachers' size and embed again: the stored rows come back.
+
+    The embedding is a sensitive function of every pixel, so equal embeddings mean equal views: the
+    stored bytes, crop boxes, ops and magnitudes replay the job's views exactly.
+    """
+    pattern = str(job.out / "*.tar")
+    config_path = sibling_config(pattern)
+    assert config_path is not None
+    settings = resolve_data_settings(load_run_config(config_path), config_path=config_path)
+    assert settings.teacher_dims == (32, 48)
+    student = create_student("tiny")
+    stream = ReinforcedStream(
+        list_shards([pattern]),
+        settings,
+        image_size=TEACHER_SIZE,
+        tokenizer=student.tokenizer,
+        batch_size=4,
+        epochs=2,  # two epochs pick other views of the same samples
+    )
+    ensemble = TeacherEnsemble.load(job.teachers, kd_logit_scales=settings.kd_logit_scales)
+    batches = list(stream)
+    assert sum(len(b) for b in batches) == 24 and batches[-1].skipped == {}
+    for batch in batches:
+        with torch.no_grad():
+            again = ensemble.embed_images(batch.images)
+        torch.testing.assert_close(again, batch.teacher_image, atol=1e-5, rtol=1e-4)
+    # And the comparison can fail: a different view of the same image is far from the stored row.
+    shifted = torch.roll(batches[0].images, shifts=7, dims=-1)
+    with torch.no_grad():
+        assert (ensemble.embed_images(shifted) - batches[0].teacher_image).abs().max() > 1e-3
+
+
+def test_a_student_trains_on_the_jobs_output_with_its_config(job: SimpleNamespace, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train.main(
+        [
+            "--data", str(job.out / "*.tar"), "--model", "tiny", "--steps", "6", "--batch-size", "4",
+            "--workers", "1", "--threads", "1", "--output", str(run),
+        ]
+    )  # fmt: skip
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["run"]["data_settings"]["teacher_dims"] == [32, 48]
+    assert saved["data_settings_source"].endswith("config.json")
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(r["skipped"] == 0 for r in records)
+    assert all(torch.isfinite(torch.tensor(r["total"])) for r in records)
