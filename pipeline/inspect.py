@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from pipeline import shard_report, storage
+from pipeline.run_folder import parse_teacher_dims
 from pipeline.shard_format import ReinforcedSample
 from pipeline.shard_report import ShardOverview
 from transforms import BadImageError, decode_image
@@ -119,6 +120,13 @@ def _original(sample: ReinforcedSample) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return _img(buffer.getvalue(), "image/png", f"stored image of {sample.key} (as PNG)", "original")
+
+
+def _teacher_dims(text: str) -> list[int]:
+    try:
+        return parse_teacher_dims(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

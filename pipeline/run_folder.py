@@ -171,6 +171,17 @@ def iter_entries(shard: str) -> Iterator[ShardEntry]:
         )
 
 
+def parse_teacher_dims(text: str) -> list[int]:
+    """`768,768` -> [768, 768]; argparse shows the ValueError's message to the user."""
+    try:
+        dims = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"teacher widths look like 768,768, not {text!r}") from None
+    if any(dim < 1 for dim in dims):
+        raise ValueError(f"teacher widths must be positive, not {text!r}")
+    return dims
+
+
 def slices_from_dims(dims: list[int], names: list[str] | None = None) -> list[TeacherSlice]:
     """Teacher slices from explicit widths (e.g. `--teacher-dims 768,768` for public shards)."""
     slices, start = [], 0

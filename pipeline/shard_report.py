@@ -137,8 +137,10 @@ def load_overview(
             counts[name] = listed[name]
         elif name in stats:
             counts[name] = stats[name].num_written
-        else:
+        elif len(run.shards) == 1:  # walk one tar's members; a folder of 2 GB shards would take too long
             counts[name] = _count_samples(shard)
+        else:
+            counts[name] = None
     return ShardOverview(
         run=run,
         slices=slices,
@@ -202,7 +204,7 @@ def summary_lines(overview: ShardOverview, show: int = 3) -> list[str]:
     total = overview.num_samples
     lines = [
         f"path: {run.path}",
-        f"shards: {len(run.shards)}, samples: {total if total is not None else 'unknown (damaged tar)'}",
+        f"shards: {len(run.shards)}, samples: {total if total is not None else _partial_count(overview)}",
         f"layout: {overview.layout}, embeddings: {overview.storage}",
     ]
     if config:
@@ -249,6 +251,12 @@ def summary_lines(overview: ShardOverview, show: int = 3) -> list[str]:
         lines.append("")
         lines.extend(caption_lines(sample))
     return lines
+
+
+def _partial_count(overview: ShardOverview) -> str:
+    known = [count for count in overview.counts.values() if count is not None]
+    missing = len(overview.counts) - len(known)
+    return f"{sum(known)} in shards with a manifest or stats, {missing} shard(s) not counted"
 
 
 def caption_lines(sample: ReinforcedSample) -> list[str]:

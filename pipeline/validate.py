@@ -31,10 +31,11 @@ from pipeline.run_folder import (
     infer_slices,
     iter_entries,
     open_run,
+    parse_teacher_dims,
     slices_from_dims,
 )
 from pipeline.shard_format import V1_FAMILY, ReinforcedSample
-from pipeline.shard_stats import shard_name
+from pipeline.shard_stats import STATS_SUFFIX, ShardStats, shard_name
 from transforms.augmenter import DATACOMPDR_AUGMENTATION, ViewAugmenter
 from transforms.crop import check_box
 from transforms.decode import decode_image
@@ -112,7 +113,8 @@ class Validator:
         self.raw_dir = raw_dir
         self.outcome = Outcome()
         self._report = report
-        self.is_our_run = run.config is not None or run.manifest is not None or self._any_stats()
+        # Public DataCompDR folders carry a manifest but no config or stats: only those mark our runs.
+        self.is_our_run = run.config is not None or self._any_stats()
         config = run.config or {}
         slices = slices_from_dims(teacher_dims) if teacher_dims else run.teacher_slices()
         self.expect = _Expectations(
@@ -141,8 +143,9 @@ class Validator:
         for shard in run.shards:
             counts[shard] = self._check_shard(shard)
             self.outcome.shards += 1
+        self._check_manifest(counts)
         if self.is_our_run:
-            self._check_run_files(counts)
+            self._check_shard_files(counts)
         for path, what in run.problems:  # collected while the run files above were read
             self.problem(path, "", "unreadable_run_file", what)
         return self.outcome
@@ -178,48 +181,55 @@ class Validator:
         if self.expect.slices is None:
             self.problem(path, "", "bad_config", "no teacher widths: cannot check per-teacher norms")
 
-    def _check_run_files(self, counts: dict[str, int]) -> None:
+    def _check_manifest(self, counts: dict[str, int]) -> None:
+        """Every shard listed once, with the number of samples its tar holds."""
         run = self.run
-        listed: dict[str, int] = {}
         if run.manifest is None:
-            self.problem(run.manifest_path, "", "missing_run_file", "the run has no manifest.jsonl")
-        else:
-            for entry in run.manifest:
-                if entry["shard"] in listed:
-                    self.problem(run.manifest_path, "", "manifest_mismatch", f"{entry['shard']} listed twice")
-                listed[entry["shard"]] = entry.get("num_samples")
+            if self.is_our_run:
+                self.problem(run.manifest_path, "", "missing_run_file", "the run has no manifest.jsonl")
+            return
+        listed: dict[str, Any] = {}
+        for entry in run.manifest:
+            if entry["shard"] in listed:
+                self.problem(run.manifest_path, "", "manifest_mismatch", f"{entry['shard']} listed twice")
+            listed[entry["shard"]] = entry.get("num_samples")
         tars = {shard_name(shard): shard for shard in run.shards}
         for name, shard in tars.items():
-            written = counts[shard]
+            if name not in listed:
+                self.problem(run.manifest_path, "", "manifest_mismatch", f"shard {name} is not listed")
+            elif listed[name] != counts[shard]:
+                self.problem(
+                    run.manifest_path,
+                    "",
+                    "manifest_mismatch",
+                    f"{name}: num_samples {listed[name]}, the tar holds {counts[shard]}",
+                )
+        if run.is_folder:
+            for name in sorted(set(listed) - set(tars)):
+                self.problem(run.manifest_path, "", "manifest_mismatch", f"{name} is listed but has no tar")
+
+    def _check_shard_files(self, counts: dict[str, int]) -> None:
+        """Each shard's stats (the commit marker), errors file and parquet agree with its tar."""
+        run = self.run
+        tars = {shard_name(shard): shard for shard in run.shards}
+        for shard in tars.values():
             stats = run.stats(shard)
             if stats is None:
                 self.problem(
                     run.stats_path(shard), "", "missing_run_file", "shard has no stats (not committed)"
                 )
             else:
-                self._check_stats(shard, stats, written)
-            if run.manifest is not None:
-                if name not in listed:
-                    self.problem(run.manifest_path, "", "manifest_mismatch", f"shard {name} is not listed")
-                elif listed[name] != written:
-                    self.problem(
-                        run.manifest_path,
-                        "",
-                        "manifest_mismatch",
-                        f"{name}: num_samples {listed[name]}, the tar holds {written}",
-                    )
-            self._check_parquet(shard, written)
+                self._check_stats(shard, stats, counts[shard])
+            self._check_parquet(shard, counts[shard])
         if run.is_folder:
-            for name in sorted(set(listed) - set(tars)):
-                self.problem(run.manifest_path, "", "manifest_mismatch", f"{name} is listed but has no tar")
-            for stats_path in storage.match(storage.join(run.root, "*_stats.json")):
-                name = storage.basename(stats_path)[: -len("_stats.json")]
+            for stats_path in storage.match(storage.join(run.root, f"*{STATS_SUFFIX}")):
+                name = storage.basename(stats_path)[: -len(STATS_SUFFIX)]
                 if name not in tars:
                     self.problem(
                         stats_path, "", "missing_shard", f"stats commit shard {name}, whose tar is missing"
                     )
 
-    def _check_stats(self, shard: str, stats: Any, written: int) -> None:
+    def _check_stats(self, shard: str, stats: ShardStats, written: int) -> None:
         path = self.run.stats_path(shard)
         if stats.num_written != written:
             self.problem(
@@ -508,14 +518,11 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _dims(text: str) -> list[int]:
+def _teacher_dims(text: str) -> list[int]:
     try:
-        dims = [int(part) for part in text.split(",")]
+        return parse_teacher_dims(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected widths like 768,768, got {text!r}") from error
-    if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError("teacher widths must be positive")
-    return dims
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -525,7 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--raw", metavar="RAWDIR", help="raw input folder: check every image is byte-identical"
     )
     parser.add_argument(
-        "--teacher-dims", type=_dims, metavar="D1,D2", help="teacher widths, for shards without config.json"
+        "--teacher-dims",
+        type=_teacher_dims,
+        metavar="D1,D2",
+        help="teacher widths, for shards without config.json (e.g. 768,768)",
     )
     args = parser.parse_args(argv)
 

@@ -89,6 +89,19 @@ def test_public_shards_without_run_files_pass(
     assert lines[-1].startswith("OK: 1 shard(s), 6 sample(s)")
 
 
+def test_public_folder_with_only_a_manifest(make_run, capsys) -> None:
+    """Published DataCompDR folders list their shards in manifest.jsonl and have no config or stats."""
+    folder = make_run(dims=(64, 64), shards=("00000000.tar", "00000001.tar"), run_files=False)
+    lines = ['{"shard": "00000000", "num_samples": 6}', '{"shard": "00000001", "num_samples": 6}']
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    code, out = run_cli([str(folder)], capsys)
+    assert code == 0, out
+    (folder / "manifest.jsonl").write_text(lines[0] + "\n")
+    code, out = run_cli([str(folder)], capsys)
+    assert code == 1
+    assert out[0] == f"{folder}/manifest.jsonl - manifest_mismatch: shard 00000001 is not listed"
+
+
 def test_unequal_teachers_without_config_or_flag_are_not_guessed(make_run, capsys) -> None:
     shard = make_run(dims=(32, 48), run_files=False) / "00000000.tar"
     code, lines = run_cli([str(shard)], capsys)
