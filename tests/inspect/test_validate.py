@@ -232,6 +232,27 @@ def test_missing_members_and_changed_images_are_caught(make_run, sample_raw_dir:
     ]
 
 
+def test_undecodable_image_and_wrong_sizes_are_caught(make_run) -> None:
+    run = make_run()
+    shard = run / "00000000.tar"
+
+    def damage(index: int, members: Members) -> Members:
+        if index == 0:
+            return {**members, "jpg": b"<html>404</html>"}
+        if index == 1:
+            meta = json.loads(members["json"])
+            meta["width"] += 1
+            return {**members, "json": json.dumps(meta).encode()}
+        return members
+
+    rewrite_shard(shard, damage)
+    problems = problems_of(run)
+    assert [(p.reason, p.detail.split(":")[0]) for p in problems] == [
+        ("bad_image", "undecodable"),
+        ("bad_meta", "json says 101x100, the image decodes to 100x100"),  # the 100 px retina photo
+    ]
+
+
 def test_a_sample_lost_without_a_record_is_reported(make_run, sample_raw_dir: Path) -> None:
     run = make_run()
     shard = run / "00000000.tar"
