@@ -20,7 +20,10 @@ from typing import Any
 
 import open_clip
 import torch
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_jobs.runners import unusable_beam_args
 from pipeline import storage
 from pipeline.shard_format import IMAGE_MEMBERS, iter_members
 from trainer.data import list_shards, skip_reason
@@ -226,7 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classnames", default=None, help=f"one class per line (default: {CLASSNAMES_FILE})")
     parser.add_argument("--templates", default=None, help="prompt templates with {c} (default: CLIP's)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
-    args = parser.parse_args(argv)
+    args, beam_args = parser.parse_known_args(argv)
+    unusable = unusable_beam_args(beam_args)
+    if unusable:
+        parser.error(f"unrecognized arguments: {' '.join(unusable)}")
+    if beam_args:  # endpoints and credentials for gs:// and s3:// held-out shards
+        FileSystems.set_options(PipelineOptions(beam_args))
     name = args.checkpoint
     if storage.exists(storage.join(name, "open_clip_config.json")) and not name.startswith(LOCAL_DIR):
         name = LOCAL_DIR + name

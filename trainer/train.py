@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_jobs.runners import unusable_beam_args
 from pipeline import storage
 from trainer import checkpoint as ckpt
 from trainer.data import (
@@ -74,6 +77,7 @@ RUN_KEYS = (
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Our flags; any others must be Beam filesystem options (`--s3_endpoint_url ...`, `--project ...`)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, nargs="+", help="reinforced shard patterns (local, gs://, s3://)")
     p.add_argument(
@@ -114,7 +118,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classnames", default=None)
     p.add_argument("--templates", default=None)
     p.add_argument("--threads", type=int, default=0, help="torch threads for the step (0: torch's default)")
-    args = p.parse_args(argv)
+    args, beam_args = p.parse_known_args(argv)
+    unusable = unusable_beam_args(beam_args)
+    if unusable:
+        p.error(f"unrecognized arguments: {' '.join(unusable)}")
+    args.beam_args = beam_args
     if args.warmup is None:
         args.warmup = min(1000, args.steps // 10)
     problems = [
@@ -216,6 +224,8 @@ def _resume(
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
+    if args.beam_args:  # credentials and endpoints for gs:// and s3:// paths; loader workers inherit them
+        FileSystems.set_options(PipelineOptions(args.beam_args))
     if args.threads:
         torch.set_num_threads(args.threads)
     config_path = args.config or sibling_config(args.data[0])
