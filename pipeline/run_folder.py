@@ -159,10 +159,8 @@ def iter_entries(shard: str) -> Iterator[ShardEntry]:
         for members in iter_members(shard):
             key = str(members.get("__key__", ""))
             names = frozenset(name for name in members if not name.startswith("__"))
-            if not any(member in names for member in IMAGE_MEMBERS):
-                members = {**members, "jpg": b""}  # published layout: check everything but the image
-            try:
-                yield ShardEntry(key, names, sample=decode_sample(members))
+            try:  # the published layout has no image: check everything but the image
+                yield ShardEntry(key, names, sample=decode_sample(members, require_image=False))
             except ShardFormatError as error:
                 yield ShardEntry(key, names, error=error)
     except Exception as error:  # truncated or not a tar: what came before was already yielded

@@ -139,11 +139,15 @@ def v2_family(family: str) -> str:
     return family
 
 
-def decode_sample(members: Mapping[str, Any]) -> ReinforcedSample:
-    """Parse one sample's members (webdataset-style dict of bytes) in either public layout."""
+def decode_sample(members: Mapping[str, Any], *, require_image: bool = True) -> ReinforcedSample:
+    """Parse one sample's members (webdataset-style dict of bytes) in either public layout.
+
+    The published DataCompDR shards carry no image (users fetch it from `url.txt`): with
+    `require_image=False` such a sample decodes with empty image bytes and `image_ext` "".
+    """
     key = str(members.get("__key__", ""))
     image_member = next((m for m in IMAGE_MEMBERS if m in members), None)
-    if image_member is None:
+    if image_member is None and require_image:
         raise ShardFormatError("missing_member", "no image member (jpg/jpeg/png/webp)", key)
     for needed in ("syn.json", "paug.json"):
         if needed not in members:
@@ -181,7 +185,7 @@ def decode_sample(members: Mapping[str, Any]) -> ReinforcedSample:
             syn_emb[name] = arrays[f"{name}_emb"]
     sample = ReinforcedSample(
         key=key,
-        image=_as_bytes(members[image_member]),
+        image=_as_bytes(members[image_member]) if image_member else b"",
         caption=_as_text(members.get("txt", b"")),
         meta=meta,
         param_aug=param_aug,
@@ -190,7 +194,7 @@ def decode_sample(members: Mapping[str, Any]) -> ReinforcedSample:
         syn_captions=syn_captions,
         syn_emb=syn_emb,
         url=_as_text(members["url.txt"]) if "url.txt" in members else None,
-        image_ext=image_member,
+        image_ext=image_member or "",
     )
     check_sample(sample)
     return sample

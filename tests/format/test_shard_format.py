@@ -131,6 +131,16 @@ def test_malformed_samples_are_refused_with_a_reason(mutate, reason: str) -> Non
     assert caught.value.reason == reason and caught.value.key == make_sample(1).key
 
 
+def test_published_samples_without_an_image_decode_only_when_asked() -> None:
+    members = encode_sample(make_sample(4))
+    del members["jpg"], members["txt"]
+    with pytest.raises(ShardFormatError, match="missing_member"):
+        decode_sample(members)
+    sample = decode_sample(members, require_image=False)
+    assert sample.image == b"" and sample.image_ext == "" and sample.caption == ""
+    assert sample.num_views == 3
+
+
 def test_pickled_embeddings_are_never_loaded() -> None:
     members = encode_sample(make_sample(2))
     buffer = io.BytesIO()
