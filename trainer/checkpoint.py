@@ -42,10 +42,16 @@ def step_dir(output: str, step: int) -> str:
 
 
 def save_checkpoint(
-    output: str, student: Student, optimizer: torch.optim.Optimizer, state: TrainingState, keep: int = 2
+    output: str,
+    student: Student,
+    weights: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    keep: int = 2,
 ) -> str:
+    """Write step_N/ (weights, open_clip config, optimizer, then state.json); keep the last `keep`."""
     folder = step_dir(output, state.step)
-    weights = {name: t.detach().contiguous() for name, t in student.model.state_dict().items()}
+    weights = {name: t.detach().contiguous() for name, t in weights.items()}
     storage.write_bytes_atomic(storage.join(folder, WEIGHTS_FILE), save_safetensors(_unaliased(weights)))
     config = json.dumps(student.open_clip_config(), indent=2, sort_keys=True) + "\n"
     storage.write_text_atomic(storage.join(folder, CONFIG_FILE), config)
@@ -74,17 +80,18 @@ def completed_steps(output: str) -> list[int]:
     return sorted(steps)
 
 
-def load_checkpoint(folder: str, student: Student, optimizer: torch.optim.Optimizer) -> TrainingState:
-    """Restore weights and optimizer in place; return the saved training state."""
+def load_checkpoint(
+    folder: str, optimizer: torch.optim.Optimizer
+) -> tuple[TrainingState, dict[str, torch.Tensor]]:
+    """Restore the optimizer in place; return the saved training state and the fp32 weights."""
     try:
         state = TrainingState(**json.loads(storage.read_text(storage.join(folder, STATE_FILE))))
         weights = load_safetensors(storage.read_bytes(storage.join(folder, WEIGHTS_FILE)))
         tensors = load_safetensors(storage.read_bytes(storage.join(folder, OPTIMIZER_FILE)))
     except Exception as error:
         raise CheckpointError(f"cannot read checkpoint {folder}: {type(error).__name__}: {error}") from error
-    student.model.load_state_dict(weights, strict=True)
     optimizer.load_state_dict(_join_optimizer_state(tensors, state.optimizer_groups))
-    return state
+    return state, weights
 
 
 def _unaliased(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ The learning rate is computed from the step number alone, so a resumed run needs
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -19,9 +20,13 @@ def _decays(name: str, param: torch.Tensor) -> bool:
 
 
 def build_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-6
+    named_parameters: Sequence[tuple[str, torch.Tensor]],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float = 1e-6,
 ) -> torch.optim.AdamW:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in named_parameters if p.requires_grad]
     decay = [p for n, p in named if _decays(n, p)]
     no_decay = [p for n, p in named if not _decays(n, p)]
     return torch.optim.AdamW(
@@ -46,7 +51,7 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def clamp_logit_scale(model: torch.nn.Module) -> None:
-    """As in CLIP: the learned temperature may not exceed 100."""
+def clamp_logit_scale(log_scale: torch.Tensor) -> None:
+    """As in CLIP: the learned temperature (stored as its log) may not exceed 100."""
     with torch.no_grad():
-        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        log_scale.clamp_(0, MAX_LOGIT_SCALE)

@@ -22,7 +22,6 @@ TINY = "tiny"
 LOCAL_DIR = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
-PRECISIONS = ("fp32", "pure_bf16")
 
 # Small enough to train a few hundred steps in seconds on a shared CPU; the full CLIP vocabulary is kept
 # so the real tokenizer works, and a short context keeps the text tower cheap.
@@ -80,16 +79,12 @@ def available_students() -> list[str]:
     return [TINY, *open_clip.list_models()]
 
 
-def create_student(
-    name: str, *, pretrained: str | None = None, seed: int = 0, precision: str = "fp32"
-) -> Student:
+def create_student(name: str, *, pretrained: str | None = None, seed: int = 0) -> Student:
     """Build a student: `tiny`, an open_clip architecture name, or a saved `local-dir:` folder.
 
     Random initialisation draws from a forked, seeded generator: the same seed gives the same
     weights, and the caller's global random state is untouched.
     """
-    if precision not in PRECISIONS:
-        raise StudentError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if name == TINY:
         if pretrained:
             raise StudentError("the tiny student has no pretrained weights")
@@ -119,8 +114,6 @@ def create_student(
             raise StudentError(
                 f"cannot build student {name}@{pretrained or 'random-init'}: {type(error).__name__}: {error}"
             ) from error
-    if precision == "pure_bf16":
-        model = model.to(torch.bfloat16)
     tokenizer = open_clip.SimpleTokenizer(context_length=int(model_cfg["text_cfg"].get("context_length", 77)))
     return Student(name, model, tokenizer, model_cfg, preprocess_cfg)
 

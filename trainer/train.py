@@ -42,6 +42,7 @@ from trainer.evaluate import evaluate_on
 from trainer.loss import LossParts, reinforced_loss
 from trainer.optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
 from trainer.plot import plot_losses, read_log, write_log
+from trainer.precision import PRECISIONS, TrainingWeights
 from trainer.settings import (
     DataSettings,
     SettingsError,
@@ -49,7 +50,7 @@ from trainer.settings import (
     resolve_data_settings,
     sibling_config,
 )
-from trainer.students import PRECISIONS, Student, StudentError, create_student, encode
+from trainer.students import Student, StudentError, create_student, encode
 from transforms import normalize
 
 LOG_FILE = "log.jsonl"
@@ -102,7 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eps", type=float, default=1e-6)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(1000, steps/10))")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="pure_bf16 casts the weights")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: bf16 weights, fp32 master")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="loader processes (capped at #shards)"
@@ -159,6 +160,7 @@ def run_identity(args: argparse.Namespace, shards: list[str], settings: DataSett
 
 def train_step(
     student: Student,
+    weights: TrainingWeights,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
     settings: DataSettings,
@@ -181,11 +183,12 @@ def train_step(
     )
     optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
-    params = [p for p in student.model.parameters() if p.grad is not None]
+    weights.gradients_to_master()
     max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(weights.parameters_with_grad(), max_norm))
     optimizer.step()
-    clamp_logit_scale(student.model)
+    clamp_logit_scale(dict(weights.named_parameters())["logit_scale"])
+    weights.master_to_model()
     return parts, grad_norm
 
 
@@ -197,7 +200,7 @@ def _write_train_config(output: str, identity: dict[str, Any], args: argparse.Na
 
 def _resume(
     args: argparse.Namespace,
-    student: Student,
+    weights: TrainingWeights,
     optimizer: torch.optim.Optimizer,
     identity: dict[str, Any],
     workers: int,
@@ -206,7 +209,8 @@ def _resume(
     if not steps:
         return 0, DataCursor.fresh(workers)
     folder = ckpt.step_dir(args.output, steps[-1])
-    state = ckpt.load_checkpoint(folder, student, optimizer)
+    state, saved = ckpt.load_checkpoint(folder, optimizer)
+    weights.load_state_dict(saved)
     differing = sorted(k for k in set(identity) | set(state.run) if identity.get(k) != state.run.get(k))
     if differing:
         raise ckpt.CheckpointError(
@@ -234,12 +238,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         config, teacher_dims=args.teacher_dims, kd_logit_scales=args.kd_logit_scales, config_path=config_path
     )
     shards = list_shards(args.data)
-    student = create_student(args.model, pretrained=args.pretrained, seed=args.seed, precision=args.precision)
+    student = create_student(args.model, pretrained=args.pretrained, seed=args.seed)
+    weights = TrainingWeights(student.model, args.precision)
     probed = probe(shards, settings, student.tokenizer, student.image_size)
     workers = effective_workers(args.workers, len(shards))
-    optimizer = build_optimizer(student.model, args.lr, args.weight_decay, (args.beta1, args.beta2), args.eps)
+    betas = (args.beta1, args.beta2)
+    optimizer = build_optimizer(weights.named_parameters(), args.lr, args.weight_decay, betas, args.eps)
     identity = run_identity(args, shards, settings)
-    start, cursor = _resume(args, student, optimizer, identity, workers)
+    start, cursor = _resume(args, weights, optimizer, identity, workers)
     if start == 0:
         _write_train_config(args.output, identity, args, settings.source)
     log_path, eval_path = storage.join(args.output, LOG_FILE), storage.join(args.output, EVAL_FILE)
@@ -267,7 +273,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     def save(step: int) -> None:
         state = ckpt.TrainingState(step=step, run=identity, data=cursor.to_json())
-        ckpt.save_checkpoint(args.output, student, optimizer, state, keep=args.keep_checkpoints)
+        fp32 = weights.state_dict()
+        ckpt.save_checkpoint(args.output, student, fp32, optimizer, state, keep=args.keep_checkpoints)
         write_log(log_path, records)
         plot_losses(records, storage.join(args.output, PLOT_FILE), title=f"{args.model} on {args.data[0]}")
 
@@ -284,7 +291,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             waited = time.perf_counter() - began
             lr = learning_rate(step, args.lr, args.warmup, args.steps)
             set_learning_rate(optimizer, lr)
-            parts, grad_norm = train_step(student, optimizer, batch, settings, args)
+            parts, grad_norm = train_step(student, weights, optimizer, batch, settings, args)
             cursor.advance(batch)
             seconds = time.perf_counter() - began
             records.append(

@@ -155,3 +155,20 @@ def test_a_resume_with_other_settings_or_missing_teacher_widths_fails_at_start(
     with pytest.raises(SystemExit) as exit_info:
         train.main([*argv, "--steps", "2", "--output", str(tmp_path / "other")])
     assert exit_info.value.code == 2 and "--teacher-dims" in capsys.readouterr().err
+
+
+def test_bf16_training_saves_fp32_checkpoints_that_resume(
+    tmp_path: Path, shard_tools: SimpleNamespace
+) -> None:
+    data = tmp_path / "data"
+    shard_tools.build_shards(data, shard_tools.ShardSpec(shards=1, per_shard=6))
+    argv = ["--data", str(data / "*.tar"), "--model", "tiny", "--batch-size", "3", "--workers", "0"]
+    run = tmp_path / "run"
+    common = [*argv, "--precision", "bf16", "--output", str(run), "--checkpoint-every", "2", *FLAGS]
+    train.main([*common, "--steps", "4"])
+    saved = _weights(run, 4)
+    assert all(t.dtype == torch.float32 for t in saved.values() if t.is_floating_point())
+    shutil.rmtree(step_dir(str(run), 4))
+    train.main([*common, "--steps", "4"])
+    again = _weights(run, 4)
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
