@@ -72,11 +72,16 @@ class ReinforceShardFn(beam.DoFn):
         return self._counters[name]
 
     def process(self, input_path: str) -> Any:
-        from pipeline.reinforce_shard import reinforce_shard
+        from pipeline.reinforce_shard import ShardUnreadableError, reinforce_shard
 
         assert self._holder is not None
         written = self._counter("samples_written")
-        stats = reinforce_shard(input_path, self._settings, self._holder.models, on_batch=written.inc)
+        try:
+            stats = reinforce_shard(input_path, self._settings, self._holder.models, on_batch=written.inc)
+        except ShardUnreadableError as exc:
+            _LOG.warning("shard left for a later run: %s", exc)
+            self._counter("shards_unreadable").inc()
+            return
         self._counter("samples_read").inc(stats.num_read)
         self._counter("samples_skipped").inc(stats.num_skipped)
         for reason, count in stats.skipped.items():

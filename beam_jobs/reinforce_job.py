@@ -18,7 +18,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.reinforce_graph import ReinforceShardFn, build_graph
-from beam_jobs.runners import ReinforceWorkerOptions, create_runner, is_local, local_worker_processes
+from beam_jobs.runners import (
+    ReinforceWorkerOptions,
+    create_runner,
+    is_local,
+    local_worker_processes,
+    unusable_beam_args,
+)
 from pipeline import storage
 from pipeline.progress import ShardProgress
 from pipeline.run_config import ConfigError, ReinforceSettings, build_run_config, write_or_check_run_config
@@ -85,6 +91,12 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
     """Run (or resume) the job; raises ConfigError / ModelLoadError before any work when misconfigured."""
     from pipeline.worker_models import load_models
 
+    unusable = unusable_beam_args(beam_args)
+    if unusable:
+        raise ConfigError(
+            f"unknown arguments {' '.join(unusable)} (not ours, not Beam's; see --help). "
+            "Quote globs so the shell leaves them alone: --input 'raw/*.tar'"
+        )
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)  # s3/gcs options apply to the launcher's own reads and writes too
     inputs = find_input_shards(settings.input_pattern)

@@ -69,3 +69,23 @@ def local_worker_processes(options: PipelineOptions) -> int:
     if workers == 0:  # Beam's "one per core"
         return os.cpu_count() or 1
     return max(1, workers or 1)
+
+
+def unusable_beam_args(beam_args: list[str]) -> list[str]:
+    """Arguments neither we nor Beam understand: Beam would drop them with a log line, we refuse them.
+
+    A mistyped flag (`--num-view 3`) or an unquoted glob that the shell expanded into several paths
+    would otherwise run a job with settings the user did not ask for.
+    """
+    if any(arg in ("--runner=DaskRunner", DASK) for arg in beam_args):
+        import apache_beam.runners.dask.dask_runner  # noqa: F401  (registers the --dask_* options)
+    known = PipelineOptions(beam_args).get_all_options(display_warnings=False)
+    retained = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True, display_warnings=False)
+    unknown = [f"--{name}" for name in sorted(set(retained) - set(known))]
+    stray = [
+        arg
+        for i, arg in enumerate(beam_args)
+        if not arg.startswith("-")
+        and (i == 0 or not beam_args[i - 1].startswith("--") or "=" in beam_args[i - 1])
+    ]
+    return unknown + stray

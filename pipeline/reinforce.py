@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if summary.num_written == 0:
         print("error: no sample could be processed; see the *_errors.jsonl files for why", file=sys.stderr)
         return EXIT_NOTHING_DONE
+    if summary.missing_shards:
+        missing = len(summary.missing_shards)
+        print(f"{missing} shard(s) could not be read; run the same command again to retry them")
     if summary.num_skipped or summary.shard_errors:
         where = storage.join(settings.output_dir, "*" + ERRORS_SUFFIX)
         print(f"{summary.num_skipped} sample(s) skipped; each is listed with its reason in {where}")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.raw_shards import RawSample, SkippedSample, iter_raw_shard
+from pipeline.raw_shards import RawSample, SkippedSample, SkipReason, iter_raw_shard
 from pipeline.run_config import ReinforceSettings
 from pipeline.shard_format import ReinforcedSample
 from pipeline.shard_stats import ShardStats, SkipRecord, output_paths, shard_name, write_shard_outcome
@@ -40,6 +40,12 @@ from transforms import (
 )
 
 CAPTION_FAILED = "caption_failed"
+
+
+class ShardUnreadableError(OSError):
+    """The raw shard could not be opened at all: nothing is committed, so a re-run tries it again."""
+
+
 _CAPTION_DOMAIN = "datacompdr-reinforce/caption"
 
 
@@ -122,6 +128,9 @@ def reinforce_shard(
     ) as writer:
         stream = _SampleStream(settings, models, writer, skip, clock, on_batch)
         for item in _timed(iter_raw_shard(input_path), clock, "read"):
+            if isinstance(item, SkippedSample) and item.reason == SkipReason.UNREADABLE_SHARD:
+                # Possibly transient (a flaky bucket, a missing mount): leave the shard uncommitted.
+                raise ShardUnreadableError(f"{input_path}: {item.detail}")
             if isinstance(item, SkippedSample) and item.whole_shard:
                 skips.append(SkipRecord(item.key, item.reason, item.detail, whole_shard=True))
                 stats.shard_errors[item.reason] = stats.shard_errors.get(item.reason, 0) + 1

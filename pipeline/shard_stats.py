@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +19,7 @@ from pipeline import storage
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
 STATS_SUFFIX = "_stats.json"
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 ERRORS_SUFFIX = "_errors.jsonl"
 
 
@@ -60,7 +62,9 @@ class SkipRecord:
     def to_json(self) -> str:
         record: dict[str, Any] = {"key": self.key, "reason": self.reason}
         if self.detail:
-            record["detail"] = self.detail
+            # Library messages can name objects by address ("<_io.BytesIO object at 0x7f...>"), which
+            # would make the errors file differ between identical runs.
+            record["detail"] = _ADDRESS.sub("", self.detail)
         if self.whole_shard:
             record["whole_shard"] = True
         return json.dumps(record, ensure_ascii=False, sort_keys=True)
@@ -105,11 +109,23 @@ class ShardStats:
         )
 
 
+def write_nonempty_or_delete(path: str, data: bytes) -> None:
+    """Write `data`, or make sure no file is there when it is empty.
+
+    Beam's S3 writer cannot create an empty object (it completes a multipart upload with no parts),
+    so files that may have nothing to say exist only when they do.
+    """
+    if data:
+        storage.write_bytes_atomic(path, data)
+    else:
+        storage.delete(path)
+
+
 def write_shard_outcome(output_dir: str, stats: ShardStats, skips: Iterable[SkipRecord]) -> None:
-    """Errors file, then the stats file: the stats file commits the shard, so it goes last."""
+    """Errors file (only if something was skipped), then the stats file, which commits the shard."""
     paths = output_paths(output_dir, stats.shard)
     lines = "".join(record.to_json() + "\n" for record in skips)
-    storage.write_bytes_atomic(paths["errors"], lines.encode("utf-8"))
+    write_nonempty_or_delete(paths["errors"], lines.encode("utf-8"))
     storage.write_bytes_atomic(paths["stats"], (json.dumps(stats.to_dict(), indent=2) + "\n").encode())
 
 
@@ -180,7 +196,7 @@ def committed_stats(output_dir: str, shards: list[str]) -> dict[str, ShardStats]
 def finalize_run(output_dir: str, shards: list[str]) -> RunSummary:
     """Write manifest.jsonl and summary.json from every committed shard's stats."""
     stats = committed_stats(output_dir, shards)
-    storage.write_bytes_atomic(storage.join(output_dir, MANIFEST_FILE), manifest_bytes(shards, stats))
+    write_nonempty_or_delete(storage.join(output_dir, MANIFEST_FILE), manifest_bytes(shards, stats))
     summary = summarize(shards, stats)
     storage.write_bytes_atomic(
         storage.join(output_dir, SUMMARY_FILE), (json.dumps(summary.to_dict(), indent=2) + "\n").encode()

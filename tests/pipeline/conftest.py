@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -119,3 +120,73 @@ def bad_input_members() -> tuple[list[Member], dict[str, str]]:
     # good samples before, between and after the bad ones
     samples = [good[0], *bad[:4], good[1], *bad[4:], good[2]]
     return [member for sample in samples for member in sample], expected
+
+
+# ---- the job on the real tiny models: one reference run, shared by the job, runner and resume tests ----
+
+NUM_VIEWS, NUM_CAPTIONS = 2, 1
+# Per-run files that hold wall-clock times; every other output file must be byte-identical.
+TIMED_FILES = ("_stats.json", "summary.json")
+
+
+def job_args(raw: Path | str, out: Path | str, ckpt: dict[str, str], *extra: str) -> list[str]:
+    """The CLI arguments of a small, fast, fully seeded tiny run (one torch thread: 2 shared cores)."""
+    return [
+        "--input", f"{raw}/*.tar", "--output", str(out), "--preset", "tiny",
+        "--teachers", f"{ckpt['clip-a']},{ckpt['clip-b']}", "--captioner", ckpt["coca"],
+        "--num-views", str(NUM_VIEWS), "--num-captions", str(NUM_CAPTIONS), "--batch-size", "8",
+        "--seed", "7", "--no-progress", "--model_threads", "1", *extra,
+    ]  # fmt: skip
+
+
+def output_files(folder: Path) -> dict[str, bytes]:
+    """Every visible output file by name, timing-bearing ones reduced to their non-timing content."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        if path.name.endswith("_stats.json"):
+            stats = json.loads(data)
+            stats.pop("seconds")
+            stats.pop("input")  # the input path differs when the same shards are read from elsewhere
+            data = json.dumps(stats, sort_keys=True).encode()
+        elif path.name == "summary.json":
+            continue  # run totals with wall-clock seconds; its counts are checked through the stats files
+        files[path.name] = data
+    return files
+
+
+@pytest.fixture(scope="session")
+def job(tiny_checkpoints) -> SimpleNamespace:
+    """Helpers for running the job: `job.args(raw, out, *extra)`, `job.files(out)`."""
+    return SimpleNamespace(
+        args=lambda raw, out, *extra: job_args(raw, out, tiny_checkpoints, *extra),
+        files=output_files,
+        num_views=NUM_VIEWS,
+        num_captions=NUM_CAPTIONS,
+    )
+
+
+@pytest.fixture(scope="session")
+def job_input(tmp_path_factory, sample_raw_dir) -> tuple[Path, dict[str, str]]:
+    """One bundled real-photo shard, one shard of bad input, a truncated shard and an empty one."""
+    raw = tmp_path_factory.mktemp("raw")
+    shutil.copy(sample_raw_dir / "00000000.tar", raw / "00000000.tar")
+    members, expected = bad_input_members()
+    write_tar(raw / "00000001.tar", members)
+    full = (raw / "00000000.tar").read_bytes()
+    with tarfile.open(raw / "00000000.tar") as tar:
+        images = [m for m in tar.getmembers() if m.name.endswith((".jpg", ".jpeg", ".webp", ".png"))]
+        cut = images[4].offset_data + 50
+    (raw / "00000002.tar").write_bytes(full[:cut])
+    (raw / "00000003.tar").write_bytes(b"")
+    return raw, expected
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, job_input, job) -> Path:
+    """A clean in-process run (FnApiRunner in memory) that the other tests compare against."""
+    from pipeline.reinforce import main
+
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert main(job.args(job_input[0], out)) == 0
+    return out

@@ -1,0 +1,189 @@
+"""Same input and seed, byte-identical output across runs, runners, worker counts, S3 and a resumed kill.
+
+Compared: every tar, parquet, errors file, config.json and manifest.jsonl byte for byte; the stats
+files minus their wall-clock `seconds` (and the input path). summary.json holds run wall times only.
+Services (job server, worker pool, Dask, S3) run on 127.0.0.1, started and stopped by the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.reinforce import main
+
+pytest.importorskip("teachers.captioner")  # until the teachers package is in the tree
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited early with {process.returncode}: {process.args}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def service(args: list[str], port: int, log: Path) -> Iterator[subprocess.Popen]:
+    """A background process in its own session; on exit, that session (and only it) is stopped."""
+    # Beam's worker pool starts SDK workers as plain `python`: this environment's must come first.
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_for_port(port, process)
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def assert_same_outputs(expected: Path, actual: Path, job) -> None:
+    want, got = job.files(expected), job.files(actual)
+    assert sorted(got) == sorted(want)
+    different = [name for name in want if want[name] != got[name]]
+    assert different == []
+
+
+def test_a_second_in_process_run_is_byte_identical(tmp_path, job_input, reference_run, job):
+    assert main(job.args(job_input[0], tmp_path / "out")) == 0
+    assert_same_outputs(reference_run, tmp_path / "out", job)
+
+
+def test_two_worker_processes_give_the_same_bytes(tmp_path, job_input, reference_run, job):
+    extra = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing", "--model_threads", "0"]
+    assert main(job.args(job_input[0], tmp_path / "out", *extra)) == 0
+    assert_same_outputs(reference_run, tmp_path / "out", job)
+
+
+def test_portable_runner_loopback_and_external_worker_pool(tmp_path, job_input, reference_run, job):
+    job_port, pool_port = free_port(), free_port()
+    job_server = [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main"]
+    pool = [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main"]
+    with (
+        service([*job_server, "--port", str(job_port)], job_port, tmp_path / "job_server.log"),
+        service([*pool, "--service_port", str(pool_port)], pool_port, tmp_path / "worker_pool.log"),
+    ):
+        portable = ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}"]
+        loopback = [*portable, "--environment_type", "LOOPBACK"]
+        external = [
+            *portable,
+            "--environment_type",
+            "EXTERNAL",
+            "--environment_config",
+            f"localhost:{pool_port}",
+        ]
+        assert main(job.args(job_input[0], tmp_path / "loopback", *loopback)) == 0
+        assert main(job.args(job_input[0], tmp_path / "external", *external)) == 0
+    assert_same_outputs(reference_run, tmp_path / "loopback", job)
+    assert_same_outputs(reference_run, tmp_path / "external", job)
+
+
+def test_dask_runner_on_a_local_scheduler_and_worker(tmp_path, job_input, reference_run, job):
+    distributed = pytest.importorskip("distributed")
+    port = free_port()
+    scheduler = [
+        f"{VENV_BIN}/dask",
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-dashboard",
+    ]
+    address = f"tcp://127.0.0.1:{port}"
+    worker = [f"{VENV_BIN}/dask", "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
+    with service(scheduler, port, tmp_path / "scheduler.log"):
+        worker_process = subprocess.Popen(
+            worker,
+            stdout=(tmp_path / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            with distributed.Client(address, timeout=60) as client:
+                client.wait_for_workers(1, timeout=90)
+            extra = ["--runner", "DaskRunner", "--dask_client_address", address]
+            assert main(job.args(job_input[0], tmp_path / "out", *extra)) == 0
+        finally:
+            os.killpg(worker_process.pid, signal.SIGTERM)
+            worker_process.wait(timeout=30)
+    assert_same_outputs(reference_run, tmp_path / "out", job)
+
+
+def test_s3_in_and_out(tmp_path, job_input, reference_run, job):
+    boto3 = pytest.importorskip("boto3")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    with service([f"{VENV_BIN}/moto_server", "-H", "127.0.0.1", "-p", str(port)], port, tmp_path / "s3.log"):
+        s3 = boto3.client("s3", endpoint_url=endpoint, **creds)
+        s3.create_bucket(Bucket="datacomp")
+        for shard in sorted(job_input[0].iterdir()):
+            s3.upload_file(str(shard), "datacomp", f"raw/{shard.name}")
+        args = job.args("s3://datacomp/raw", "s3://datacomp/reinforced")
+        s3_options = [
+            "--s3_endpoint_url", endpoint, "--s3_access_key_id", "testing",
+            "--s3_secret_access_key", "testing", "--s3_region_name", "us-east-1",
+        ]  # fmt: skip
+        assert main([*args, *s3_options]) == 0
+        downloaded = tmp_path / "from_s3"
+        downloaded.mkdir()
+        listing = s3.list_objects_v2(Bucket="datacomp", Prefix="reinforced/")["Contents"]
+        for item in listing:
+            s3.download_file("datacomp", item["Key"], str(downloaded / item["Key"].split("/")[-1]))
+    assert_same_outputs(reference_run, downloaded, job)
+
+
+def test_a_killed_run_resumes_with_only_unfinished_shards(tmp_path, job_input, reference_run, job):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pipeline.reinforce", *job.args(job_input[0], out)]
+    killed = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd()
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("*_stats.json")) and time.monotonic() < deadline and killed.poll() is None:
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    committed = {p.name: p.read_bytes() for p in out.glob("*_stats.json")}
+    assert 1 <= len(committed) < 4, "the run should have been killed after its first shard"
+    reference = job.files(reference_run)
+    for path in out.iterdir():  # nothing half-written under a final name: complete, or not there
+        if not path.name.startswith(".") and path.name in reference and not path.name.endswith("_stats.json"):
+            assert path.read_bytes() == reference[path.name], path.name
+
+    assert main(job.args(job_input[0], out)) == 0
+    assert {p.name: p.read_bytes() for p in out.glob("*_stats.json") if p.name in committed} == committed
+    assert_same_outputs(reference_run, out, job)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no stale temporaries left
