@@ -7,6 +7,7 @@ same loaded copy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -15,9 +16,10 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.reinforce_graph import ReinforceShardFn, build_graph
+from beam_jobs.reinforce_graph import NAMESPACE, ReinforceShardFn, build_graph
 from beam_jobs.runners import (
     ReinforceWorkerOptions,
     create_runner,
@@ -47,6 +49,20 @@ class JobOutcome:
     shards_this_run: int
     written_this_run: int
     wall_seconds: float
+    counters: dict[str, int]  # Beam metrics of this run (empty where the runner reports none, e.g. Dask)
+
+
+def beam_counters(result: Any) -> dict[str, int]:
+    """This run's counters in our namespace, summed over steps; {} when the runner cannot say."""
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    except Exception:  # Dask raises NotImplementedError; remote runners may not have them yet
+        return {}
+    totals: Counter[str] = Counter()
+    for counter in counters:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] += int(value or 0)
+    return dict(sorted(totals.items()))
 
 
 def find_input_shards(pattern: str) -> list[str]:
@@ -120,11 +136,13 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
     start = time.monotonic()
     pipeline = beam.Pipeline(runner=create_runner(options), options=options)
     build_graph(pipeline, settings, pending, shards, shard_fn=shard_fn)
-    if show_progress and local and pending:
-        with ShardProgress(settings.output_dir, [shard_name(p) for p in pending]):
-            pipeline.run().wait_until_finish()
-    else:
-        pipeline.run().wait_until_finish()
+    with (
+        ShardProgress(settings.output_dir, [shard_name(p) for p in pending])
+        if show_progress and local and pending
+        else contextlib.nullcontext()
+    ):
+        result = pipeline.run()
+        result.wait_until_finish()
     wall = time.monotonic() - start
     del adopted
     stats = committed_stats(settings.output_dir, shards)
@@ -135,4 +153,5 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
         shards_this_run=len(done_now),
         written_this_run=sum(stats[s].num_written for s in done_now),
         wall_seconds=wall,
+        counters=beam_counters(result),
     )

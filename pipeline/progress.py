@@ -48,17 +48,22 @@ class ShardProgress:
         return self
 
     def _poll(self) -> None:
-        still = []
+        still, done = [], 0
         for shard in self._pending:
             stats = read_shard_stats(self._output_dir, shard)
             if stats is None:
                 still.append(shard)
-                continue
-            self._samples += stats.num_written
-            self._bar.update(1)
+            else:
+                done += 1
+                self._samples += stats.num_written
         self._pending = still
         elapsed = max(time.monotonic() - self._start, 1e-9)
-        self._bar.set_postfix_str(f"{self._samples} samples, {self._samples / elapsed:.1f} samples/s")
+        rate = f"{self._samples} samples, {self._samples / elapsed:.1f} samples/s"
+        self._bar.set_postfix_str(rate, refresh=False)
+        if done:
+            self._bar.update(done)
+        else:
+            self._bar.refresh()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.shards_already_done:
         print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")
     print(summary_table(summary, settings.output_dir, outcome.wall_seconds, outcome.written_this_run))
+    if outcome.counters:
+        print("beam counters: " + ", ".join(f"{name}={value}" for name, value in outcome.counters.items()))
     if summary.num_written == 0:
         print("error: no sample could be processed; see the *_errors.jsonl files for why", file=sys.stderr)
         return EXIT_NOTHING_DONE

@@ -72,9 +72,15 @@ def assert_same_outputs(expected: Path, actual: Path, job) -> None:
     assert different == []
 
 
-def test_a_second_in_process_run_is_byte_identical(tmp_path, job_input, reference_run, job):
+def test_a_second_in_process_run_is_byte_identical(tmp_path, job_input, reference_run, job, capsys):
     assert main(job.args(job_input[0], tmp_path / "out")) == 0
     assert_same_outputs(reference_run, tmp_path / "out", job)
+    counters = capsys.readouterr().out.split("beam counters: ")[1].splitlines()[0]
+    assert (
+        "samples_written=19" in counters
+        and "shards_done=4" in counters
+        and "skipped_image_too_small=1" in counters
+    )
 
 
 def test_two_worker_processes_give_the_same_bytes(tmp_path, job_input, reference_run, job):
