@@ -86,6 +86,8 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
+_DECODER_LOGIT_GAIN = 6.0
+
 TINY_NAMES: tuple[str, ...] = tuple(TINY_CONFIGS)
 TINY_TEACHERS: tuple[str, ...] = ("clip-a", "clip-b")
 TINY_CAPTIONER = "coca"
@@ -113,10 +115,12 @@ def _random_state_dict(model_cfg: dict[str, Any], seed: int) -> dict[str, torch.
             model = open_clip.create_model(f"local-dir:{scratch}", pretrained_text=False)
         # CoCa's constructor leaves the decoder's output projection as uninitialised memory (a real
         # checkpoint overwrites it, and open_clip's own init_parameters for it is broken in 3.3.0);
-        # without this the bytes would differ from build to build.
+        # without this the bytes would differ from build to build. The scale makes next-token
+        # distributions peaked (a nucleus of tens of tokens) like a trained captioner's, instead of
+        # flat over all 49,408 tokens, so tests and the demo exercise the realistic sampling path.
         decoder = getattr(model, "text_decoder", None)
         if decoder is not None:
-            torch.nn.init.normal_(decoder.text_projection, std=decoder.width**-0.5)
+            torch.nn.init.normal_(decoder.text_projection, std=_DECODER_LOGIT_GAIN * decoder.width**-0.5)
     # safetensors refuses aliased storage; each tensor gets its own contiguous copy.
     return {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
 
