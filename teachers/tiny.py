@@ -127,7 +127,10 @@ def _random_state_dict(model_cfg: dict[str, Any], seed: int) -> dict[str, torch.
 
 def _config_text(name: str) -> str:
     spec = TINY_CONFIGS[name]
-    config = {"model_cfg": spec["model_cfg"], "preprocess_cfg": spec["preprocess_cfg"]}
+    # open_clip reads only model_cfg and preprocess_cfg; the build recipe is recorded alongside so a
+    # folder built by an older recipe is recognised as stale and rebuilt.
+    recipe = {"name": name, "seed": spec["seed"], "decoder_logit_gain": _DECODER_LOGIT_GAIN, "revision": 2}
+    config = {"model_cfg": spec["model_cfg"], "preprocess_cfg": spec["preprocess_cfg"], "tiny_recipe": recipe}
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
