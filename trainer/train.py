@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from trainer.data import (
     probe,
 )
 from trainer.evaluate import evaluate_on
-from trainer.loss import LossParts, reinforced_loss
+from trainer.loss import LossParts, TeacherSlice, reinforced_loss
 from trainer.optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
 from trainer.plot import plot_losses, read_log, write_log
 from trainer.precision import PRECISIONS, TrainingWeights
@@ -118,7 +119,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--classnames", default=None)
     p.add_argument("--templates", default=None)
-    p.add_argument("--threads", type=int, default=0, help="torch threads for the step (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for the step (0: the cores the workers leave, >= 1)",
+    )
     args, beam_args = p.parse_known_args(argv)
     unusable = unusable_beam_args(beam_args)
     if unusable:
@@ -158,14 +164,25 @@ def run_identity(args: argparse.Namespace, shards: list[str], settings: DataSett
     return json.loads(json.dumps(identity))
 
 
+def step_threads(workers: int) -> int:
+    """Threads for the training step: the cores the loader workers leave free, at least one.
+
+    On a busy CPU, more torch threads than free cores make every step wait on the slowest thread
+    (on 2 shared cores, MobileCLIP2-S0 ran 2-4x slower with 2 threads than with 1; see bench.trainer).
+    """
+    return max(1, (os.cpu_count() or 1) - workers)
+
+
 def train_step(
     student: Student,
     weights: TrainingWeights,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
-    settings: DataSettings,
-    args: argparse.Namespace,
+    slices: Sequence[TeacherSlice],
+    lam: float,
+    grad_clip: float,
 ) -> tuple[LossParts, float]:
+    """One optimizer step on one batch; returns the loss parts and the gradient norm before clipping."""
     images = normalize(batch.images, student.mean, student.std)
     tokens = torch.cat([batch.original_tokens, batch.synthetic_tokens])
     image_features, text_features, logit_scale = encode(student, images, tokens)
@@ -178,13 +195,13 @@ def train_step(
         batch.teacher_image,
         batch.teacher_original,
         batch.teacher_synthetic,
-        settings.slices,
-        args.lam,
+        slices,
+        lam,
     )
     optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
     weights.gradients_to_master()
-    max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(weights.parameters_with_grad(), max_norm))
     optimizer.step()
     clamp_logit_scale(dict(weights.named_parameters())["logit_scale"])
@@ -228,10 +245,17 @@ def _resume(
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or resume) the run described by `args`; returns the summary printed as the last line."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(args)
+    finally:
+        torch.set_num_threads(threads)  # the step's thread count is this run's choice, not the caller's
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
     if args.beam_args:  # credentials and endpoints for gs:// and s3:// paths; loader workers inherit them
         FileSystems.set_options(PipelineOptions(args.beam_args))
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config_path = args.config or sibling_config(args.data[0])
     config = load_run_config(config_path) if config_path else None
     settings = resolve_data_settings(
@@ -242,6 +266,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     weights = TrainingWeights(student.model, args.precision)
     probed = probe(shards, settings, student.tokenizer, student.image_size)
     workers = effective_workers(args.workers, len(shards))
+    torch.set_num_threads(args.threads or step_threads(workers))
     betas = (args.beta1, args.beta2)
     optimizer = build_optimizer(weights.named_parameters(), args.lr, args.weight_decay, betas, args.eps)
     identity = run_identity(args, shards, settings)
@@ -291,7 +316,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             waited = time.perf_counter() - began
             lr = learning_rate(step, args.lr, args.warmup, args.steps)
             set_learning_rate(optimizer, lr)
-            parts, grad_norm = train_step(student, weights, optimizer, batch, settings, args)
+            parts, grad_norm = train_step(
+                student, weights, optimizer, batch, settings.slices, args.lam, args.grad_clip
+            )
             cursor.advance(batch)
             seconds = time.perf_counter() - began
             records.append(
