@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="images with more pixels are skipped unread (decompression bombs); default %(default)s",
     )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where workers run the models: auto (a GPU when the worker has one), cpu, cuda or cuda:N",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
     return parser
 
@@ -132,6 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> ReinforceSettings:
         caption_tag=args.caption_tag,
         batch_size=args.batch_size,
         max_image_pixels=args.max_image_pixels,
+        device=args.device,
     )
     settings.validate()
     return settings

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from queue import Full, Queue
 from typing import Any, Protocol
 
 import numpy as np
@@ -127,7 +129,8 @@ def reinforce_shard(
         paths["tar"], paths["parquet"], layout=settings.layout, embedding_dtype=settings.embedding_dtype
     ) as writer:
         stream = _SampleStream(settings, models, writer, skip, clock, on_batch)
-        for item in _timed(iter_raw_shard(input_path), clock, "read"):
+        prepared_items = _prepared(input_path, settings, models.augmenter)
+        for item in _ahead(prepared_items, depth=max(8, stream.group_size), clock=clock):
             if isinstance(item, SkippedSample) and item.reason == SkipReason.UNREADABLE_SHARD:
                 # Possibly transient (a flaky bucket, a missing mount): leave the shard uncommitted.
                 raise ShardUnreadableError(f"{input_path}: {item.detail}")
@@ -138,13 +141,8 @@ def reinforce_shard(
             stats.num_read += 1
             if isinstance(item, SkippedSample):
                 skip(item.key, item.reason, item.detail)
-                continue
-            try:
-                prepared = _prepare(item, settings, models.augmenter, clock)
-            except (BadImageError, AugmentationError) as exc:
-                skip(item.key, skip_reason_for_image_error(exc), str(exc)[:200])
-                continue
-            stream.add(prepared)
+            else:
+                stream.add(item)
         stream.finish()
         stats.num_written = writer.count
     stats.seconds = dict(clock.seconds)
@@ -152,26 +150,74 @@ def reinforce_shard(
     return stats
 
 
-def _timed(items: Iterator[Any], clock: _Clock, stage: str) -> Iterator[Any]:
-    """Count the time spent inside the iterator (reading the tar), not in the caller's loop body."""
+def _prepared(
+    input_path: str, settings: ReinforceSettings, augmenter: Augmenter
+) -> Iterator[tuple[_Prepared | SkippedSample, dict[str, float]]]:
+    """Read, decode and augment, in shard order; each item comes with the seconds it took per stage."""
+    items = iter_raw_shard(input_path)
     while True:
-        with clock.stage(stage):
+        start = time.perf_counter()
+        item = next(items, None)
+        seconds = {"read": time.perf_counter() - start}
+        if item is None:
+            return
+        if isinstance(item, RawSample):
             try:
-                item = next(items)
-            except StopIteration:
+                item = _prepare(item, settings, augmenter, seconds)
+            except (BadImageError, AugmentationError) as exc:
+                item = SkippedSample(item.key, skip_reason_for_image_error(exc), str(exc)[:200])
+        yield item, seconds
+
+
+def _ahead(items: Iterator[tuple[Any, dict[str, float]]], *, depth: int, clock: _Clock) -> Iterator[Any]:
+    """Run `items` in a helper thread up to `depth` items ahead, so that decoding and augmenting (PIL,
+    mostly outside the GIL) overlap the models' work. Order, and so every output byte, is unchanged."""
+    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put(("item", item), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(("done", None))
+        except BaseException as exc:  # handed to the consuming thread, which raises it
+            queue.put(("error", exc))
+
+    worker = threading.Thread(target=produce, name="shard-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, payload = queue.get()
+            if kind == "done":
                 return
-        yield item
+            if kind == "error":
+                raise payload
+            item, seconds = payload
+            clock.seconds.update(seconds)
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
-def _prepare(raw: RawSample, settings: ReinforceSettings, augmenter: Augmenter, clock: _Clock) -> _Prepared:
-    with clock.stage("decode"):
-        image = decode_image(raw.image, max_pixels=settings.max_image_pixels)
-    with clock.stage("augment"):
-        params = [
-            augmenter.sample(view_rng(settings.seed, raw.uid, k), image.size)
-            for k in range(settings.num_views)
-        ]
-        views = torch.stack([augmenter.apply(image, p) for p in params])
+def _prepare(
+    raw: RawSample, settings: ReinforceSettings, augmenter: Augmenter, seconds: dict[str, float]
+) -> _Prepared:
+    start = time.perf_counter()
+    image = decode_image(raw.image, max_pixels=settings.max_image_pixels)
+    decoded = time.perf_counter()
+    seconds["decode"] = decoded - start
+    rngs = [view_rng(settings.seed, raw.uid, k) for k in range(settings.num_views)]
+    params = [augmenter.sample(rng, image.size) for rng in rngs]
+    views = torch.stack([augmenter.apply(image, p) for p in params])
+    seconds["augment"] = time.perf_counter() - decoded
     return _Prepared(raw=raw, image=image, params=params, views=views)
 
 
@@ -235,7 +281,7 @@ class _SampleStream:
         self._group: list[_Prepared] = []
         # Whole multiples of the captioner's own fixed chunk, so it never pads a chunk mid-shard.
         chunk = max(1, int(getattr(models.captioner, "micro_batch", 1)))
-        self._group_size = max(chunk, settings.caption_group // chunk * chunk)
+        self.group_size = max(chunk, settings.caption_group // chunk * chunk)
         self._waiting: deque[tuple[_Prepared, list[str]]] = deque()  # captioned, embeddings pending
         self._images = _FixedBatches(settings.batch_size, self._embed_images, None)
         self._texts = _FixedBatches(settings.batch_size, self._embed_texts, "")
@@ -252,7 +298,7 @@ class _SampleStream:
 
     def add(self, prepared: _Prepared) -> None:
         self._group.append(prepared)
-        if len(self._group) == self._group_size:
+        if len(self._group) == self.group_size:
             self._caption_group()
 
     def finish(self) -> None:

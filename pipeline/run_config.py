@@ -18,6 +18,7 @@ from pipeline import storage
 SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
 PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 # Decompression-bomb cap (≈ 5800² px): far above DataComp's 512-px images, far below a worker's memory.
 DEFAULT_MAX_IMAGE_PIXELS = 2**25
 DEFAULT_BATCH_SIZE = 64
@@ -58,6 +59,7 @@ class ReinforceSettings:
     caption_tag: str = "coca"
     batch_size: int = DEFAULT_BATCH_SIZE
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    device: str = "auto"  # where workers run the models: auto = the worker's GPU if it has one
 
     def validate(self) -> None:
         problems = []
@@ -85,6 +87,8 @@ class ReinforceSettings:
             problems.append("--batch-size must be at least 1")
         if self.max_image_pixels < 1:
             problems.append("--max-image-pixels must be at least 1")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            problems.append(f"--device must be one of {DEVICES} or cuda:N")
         if not 0 <= self.seed < 2**63:
             problems.append("--seed must be in [0, 2**63)")
         if problems:

@@ -10,16 +10,29 @@ from pipeline.reinforce_shard import ShardModels
 from pipeline.run_config import ReinforceSettings
 
 
+def worker_device(requested: str) -> str:
+    """`auto` is decided on the worker itself: its GPU when it has one, else its CPU."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_models(settings: ReinforceSettings) -> ShardModels:
     """Raises teachers' ModelLoadError, with a message saying what to do, when a spec cannot load."""
     from teachers.captioner import Captioner
     from teachers.ensemble import TeacherEnsemble
     from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
 
+    device = worker_device(settings.device)
     ensemble = TeacherEnsemble.load(
-        list(settings.teachers), precision=settings.precision, kd_logit_scales=list(settings.kd_logit_scales)
+        list(settings.teachers),
+        precision=settings.precision,
+        device=device,
+        kd_logit_scales=list(settings.kd_logit_scales),
     )
-    captioner = Captioner.load(settings.captioner, precision=settings.precision)
+    captioner = Captioner.load(settings.captioner, precision=settings.precision, device=device)
     return ShardModels(
         ensemble=ensemble, captioner=captioner, augmenter=ViewAugmenter.from_config(DATACOMPDR_AUGMENTATION)
     )
