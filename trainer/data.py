@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -362,7 +362,7 @@ def make_loader(stream: ReinforcedStream, workers: int) -> torch.utils.data.Data
     )
 
 
-def in_worker_order(batches: Iterator[Batch], workers: int, first_worker: int = 0) -> Iterator[Batch]:
+def in_worker_order(batches: Iterator[Batch], workers: int, first_worker: int = 0) -> Generator[Batch]:
     """Batches in the order worker `first_worker`, next, ... (round robin).
 
     A DataLoader always starts its round robin at worker 0; a resumed run must start where the

@@ -112,7 +112,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER, help="samples per worker")
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--log-every", type=int, default=10, help="print (and flush the log) every N steps")
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        help="print progress every N steps (log.jsonl and loss.png are written with each checkpoint)",
+    )
     p.add_argument("--eval-data", nargs="+", default=None, help="held-out shards for retrieval/zero-shot")
     p.add_argument(
         "--eval-every", type=int, default=0, help="also evaluate every N steps (0: only at the end)"
@@ -349,7 +354,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             if args.eval_data and args.eval_every and done % args.eval_every == 0 and done != args.steps:
                 run_eval(done)
     finally:
-        del loader  # stops the loader workers
+        loader.close()  # releases the DataLoader iterator, which stops the loader workers
     if args.eval_data and (not evals or evals[-1]["step"] != args.steps):
         run_eval(args.steps)
     return summarize(records, cursor, evals)
