@@ -11,7 +11,7 @@ DEMO_OUT ?= out/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env test lint demo checkpoints samples browser bench clean
+.PHONY: env test lint demo train-demo checkpoints samples browser bench clean
 
 env: $(STAMP)
 
@@ -45,6 +45,10 @@ test: $(STAMP) browser lint
 demo: $(STAMP) checkpoints
 	$(PY) -m pipeline.reinforce --input 'samples/raw/*.tar' --output $(DEMO_OUT) \
 		--preset tiny --runner DirectRunner
+
+# Train a tiny student for a few hundred steps on the demo's output.
+train-demo: demo
+	$(PY) -m trainer.train --data '$(DEMO_OUT)/*.tar' --model tiny --steps 200 --batch-size 8 --output out/train-demo
 
 bench: $(STAMP)
 	for b in transforms teachers captioner pipeline trainer; do $(PY) -m bench.$$b || exit 1; done
