@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from teachers.captioner import CaptionBackend, IncrementalDecoder
+from teachers.caption_backend import CaptionBackend, IncrementalDecoder
 from teachers.determinism import batch_invariant
 from teachers.specs import ModelSpec, load_errors, torch_dtype
 

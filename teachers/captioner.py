@@ -8,16 +8,16 @@ on its neighbours, so an image's captions are byte-identical whichever batch or 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from teachers import coca
+from teachers.caption_backend import CaptionBackend
 from teachers.sampling import SamplingSettings, choose_tokens, sample_uniforms
-from teachers.specs import ModelSpec, check_reachable, load_errors, parse_spec, torch_dtype
+from teachers.specs import check_reachable, parse_spec, torch_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,79 +26,6 @@ class CaptionFailure:
 
     reason: str
     detail: str = ""
-
-
-class IncrementalDecoder(Protocol):
-    def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclasses.dataclass
-class CaptionBackend:
-    """What the sampling loop needs from a captioning model."""
-
-    spec: ModelSpec
-    precision: str
-    start_id: int
-    eos_id: int
-    pad_id: int  # fills a row after its caption ended
-    stop_ids: tuple[int, ...]  # tokens that end a caption (EOS, and for CoCa also the pad id)
-    preprocess: Callable[[Image.Image], torch.Tensor]  # un-augmented image -> normalised [3, h, w]
-    image_shape: tuple[int, int, int]
-    start: Callable[[torch.Tensor, int, int], IncrementalDecoder]  # (pixels, S, max_len) -> decoder
-    decode: Callable[[list[int]], str]  # token ids (start to stop token) -> caption
-
-
-def _coca_text(decode_ids: Callable[[list[int]], str], sot: str, eot: str) -> Callable[[list[int]], str]:
-    """The public generator's post-processing: after the last start token, before the end token and
-    the first ".", whitespace-stripped. A sampled pad token (id 0, "!") ends a caption as in
-    open_clip; unlike the public code, the padding after it is not decoded into "!!!"."""
-
-    def decode(ids: list[int]) -> str:
-        text = decode_ids(ids)
-        return text.split(eot)[0].split(sot)[-1].split(".")[0].strip()
-
-    return decode
-
-
-def load_coca_backend(spec: ModelSpec, precision: str, device: str) -> CaptionBackend:
-    import open_clip
-
-    with load_errors(spec):
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model_id,
-            pretrained=spec.pretrained,
-            precision=precision,
-            device=device,
-            pretrained_text=False,
-        )
-        tokenizer = open_clip.get_tokenizer(spec.model_id)
-        coca.check_supported(model)
-        if not isinstance(tokenizer, open_clip.SimpleTokenizer):
-            raise coca.UnsupportedCocaError(
-                f"tokenizer {type(tokenizer).__name__} (need open_clip's CLIP BPE)"
-            )
-    model.eval()
-    coca.cast_for_precision(model, torch_dtype(precision))
-    size = open_clip.get_model_preprocess_cfg(model)["size"]
-    height, width = (size, size) if isinstance(size, int) else size
-
-    def start(pixels: torch.Tensor, num_samples: int, max_len: int) -> IncrementalDecoder:
-        image_embs = coca.encode_images(model, pixels.to(device))
-        return coca.CocaIncrementalDecoder(model, image_embs, num_samples, max_len)
-
-    sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
-    return CaptionBackend(
-        spec=spec,
-        precision=precision,
-        start_id=sot,
-        eos_id=eot,
-        pad_id=model.pad_id,
-        stop_ids=(eot, model.pad_id),
-        preprocess=preprocess,
-        image_shape=(3, int(height), int(width)),
-        start=start,
-        decode=_coca_text(tokenizer.decode, tokenizer.decoder[sot], tokenizer.decoder[eot]),
-    )
 
 
 @torch.inference_mode()
@@ -175,6 +102,8 @@ class Captioner:
         parsed = parse_spec(spec)
         check_reachable(parsed)
         if parsed.backend == "open_clip":
+            from teachers.coca import load_coca_backend
+
             backend = load_coca_backend(parsed, precision, device)
         else:
             from teachers.blip import load_blip_backend
@@ -201,18 +130,18 @@ class Captioner:
             raise ValueError(f"{len(images)} images but {len(seeds)} seeds")
         if num_captions < 1:
             raise ValueError("num_captions must be >= 1")
+        if any(not isinstance(seed, int) or seed < 0 for seed in seeds):
+            raise ValueError(f"seeds must be non-negative ints, got {list(seeds)!r}")
         results: list[list[str] | CaptionFailure] = []
         good: list[tuple[int, torch.Tensor, int]] = []
         for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
-            if not isinstance(seed, int) or seed < 0:
-                raise ValueError(f"seeds must be non-negative ints, got {seed!r}")
             pixels = self._pixels(image)
             results.append(pixels if isinstance(pixels, CaptionFailure) else [])
             if not isinstance(pixels, CaptionFailure):
                 good.append((index, pixels, seed))
         for start in range(0, len(good), self.micro_batch):
             chunk = good[start : start + self.micro_batch]
-            for (index, _, _), ids in zip(chunk, self._sample_chunk(chunk, num_captions), strict=False):
+            for (index, _, _), ids in zip(chunk, self._sample_chunk(chunk, num_captions), strict=True):
                 results[index] = [self.backend.decode(seq) for seq in ids]
         return results
 

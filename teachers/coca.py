@@ -1,4 +1,4 @@
-"""Fast CoCa caption decoding: one image encoding for all samples, and a key/value cache.
+"""An open_clip CoCa as a fast captioner: one image encoding for all samples, and a key/value cache.
 
 open_clip's `generate` re-runs the text tower and the multimodal decoder over the whole prefix at
 every step, and the public generator calls it once per caption, re-encoding the image each time.
@@ -14,12 +14,15 @@ the CLS position, which captioning never reads, so they are left out.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from teachers.caption_backend import CaptionBackend, IncrementalDecoder
 from teachers.determinism import batch_invariant
+from teachers.specs import ModelSpec, load_errors, torch_dtype
 
 
 class UnsupportedCocaError(ValueError):
@@ -187,3 +190,54 @@ def encode_images(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     with batch_invariant(pixels.device):
         _, image_embs = model._encode_image(pixels.to(dtype))
     return image_embs
+
+
+def _coca_text(decode_ids: Callable[[list[int]], str], sot: str, eot: str) -> Callable[[list[int]], str]:
+    """The public generator's post-processing: after the last start token, before the end token and
+    the first ".", whitespace-stripped. A sampled pad token (id 0, "!") ends a caption as in
+    open_clip; unlike the public code, the padding after it is not decoded into "!!!"."""
+
+    def decode(ids: list[int]) -> str:
+        text = decode_ids(ids)
+        return text.split(eot)[0].split(sot)[-1].split(".")[0].strip()
+
+    return decode
+
+
+def load_coca_backend(spec: ModelSpec, precision: str, device: str) -> CaptionBackend:
+    import open_clip
+
+    with load_errors(spec):
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.model_id,
+            pretrained=spec.pretrained,
+            precision=precision,
+            device=device,
+            pretrained_text=False,
+        )
+        tokenizer = open_clip.get_tokenizer(spec.model_id)
+        check_supported(model)
+        if not isinstance(tokenizer, open_clip.SimpleTokenizer):
+            raise UnsupportedCocaError(f"tokenizer {type(tokenizer).__name__} (need open_clip's CLIP BPE)")
+    model.eval()
+    cast_for_precision(model, torch_dtype(precision))
+    size = open_clip.get_model_preprocess_cfg(model)["size"]
+    height, width = (size, size) if isinstance(size, int) else size
+
+    def start(pixels: torch.Tensor, num_samples: int, max_len: int) -> IncrementalDecoder:
+        image_embs = encode_images(model, pixels.to(device))
+        return CocaIncrementalDecoder(model, image_embs, num_samples, max_len)
+
+    sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
+    return CaptionBackend(
+        spec=spec,
+        precision=precision,
+        start_id=sot,
+        eos_id=eot,
+        pad_id=model.pad_id,
+        stop_ids=(eot, model.pad_id),
+        preprocess=preprocess,
+        image_shape=(3, int(height), int(width)),
+        start=start,
+        decode=_coca_text(tokenizer.decode, tokenizer.decoder[sot], tokenizer.decoder[eot]),
+    )

@@ -86,6 +86,9 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The tiny CoCa's vocabulary projection is drawn this much wider than open_clip's init, so that its
+# next-token distributions are peaked (a nucleus of tens of tokens) like a trained captioner's instead
+# of flat over all 49,408 tokens: tests and the demo then exercise the realistic sampling path.
 _DECODER_LOGIT_GAIN = 6.0
 
 TINY_NAMES: tuple[str, ...] = tuple(TINY_CONFIGS)
@@ -100,7 +103,9 @@ def local_dir_spec(path: str | Path) -> str:
     return f"local-dir:{Path(path).resolve()}"
 
 
-def _random_state_dict(model_cfg: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+def _random_state_dict(
+    model_cfg: dict[str, Any], seed: int, decoder_logit_gain: float
+) -> dict[str, torch.Tensor]:
     """open_clip's own initialisation, drawn from a seeded RNG that is restored afterwards.
 
     Module constructors only draw from torch's global generator, so it is forked: nothing outside
@@ -115,22 +120,57 @@ def _random_state_dict(model_cfg: dict[str, Any], seed: int) -> dict[str, torch.
             model = open_clip.create_model(f"local-dir:{scratch}", pretrained_text=False)
         # CoCa's constructor leaves the decoder's output projection as uninitialised memory (a real
         # checkpoint overwrites it, and open_clip's own init_parameters for it is broken in 3.3.0);
-        # without this the bytes would differ from build to build. The scale makes next-token
-        # distributions peaked (a nucleus of tens of tokens) like a trained captioner's, instead of
-        # flat over all 49,408 tokens, so tests and the demo exercise the realistic sampling path.
+        # without this the bytes would differ from build to build.
         decoder = getattr(model, "text_decoder", None)
         if decoder is not None:
-            torch.nn.init.normal_(decoder.text_projection, std=_DECODER_LOGIT_GAIN * decoder.width**-0.5)
+            torch.nn.init.normal_(decoder.text_projection, std=decoder_logit_gain * decoder.width**-0.5)
     # safetensors refuses aliased storage; each tensor gets its own contiguous copy.
     return {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
 
 
+def write_random_checkpoint(
+    out_dir: str | Path,
+    model_cfg: dict[str, Any],
+    preprocess_cfg: dict[str, Any],
+    *,
+    seed: int,
+    decoder_logit_gain: float = 1.0,
+    recipe: dict[str, Any] | None = None,
+) -> Path:
+    """Writes a seeded random-init open_clip checkpoint in `local-dir:` layout (byte-identical per seed).
+
+    Each file appears under its final name only when complete. `recipe` is stored next to the
+    configs (open_clip ignores it) to tell how the folder was made.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    if recipe is not None:
+        config["tiny_recipe"] = recipe
+    _write_atomic(out / CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    state = _random_state_dict(model_cfg, seed, decoder_logit_gain)
+    # The temporary name must not end in .safetensors, or open_clip could pick up a half-written file.
+    partial = out / (WEIGHTS_FILE + ".partial")
+    # No metadata: safetensors writes it from a hash map, whose key order changes from run to run.
+    save_file(state, str(partial))
+    os.chmod(partial, 0o644)  # safetensors creates it private; workers may run as another user
+    os.replace(partial, out / WEIGHTS_FILE)
+    return out
+
+
+def _recipe(name: str) -> dict[str, Any]:
+    seed = TINY_CONFIGS[name]["seed"]
+    return {"name": name, "seed": seed, "decoder_logit_gain": _DECODER_LOGIT_GAIN, "revision": 2}
+
+
 def _config_text(name: str) -> str:
     spec = TINY_CONFIGS[name]
-    # open_clip reads only model_cfg and preprocess_cfg; the build recipe is recorded alongside so a
-    # folder built by an older recipe is recognised as stale and rebuilt.
-    recipe = {"name": name, "seed": spec["seed"], "decoder_logit_gain": _DECODER_LOGIT_GAIN, "revision": 2}
-    config = {"model_cfg": spec["model_cfg"], "preprocess_cfg": spec["preprocess_cfg"], "tiny_recipe": recipe}
+    # The recipe is recorded so that a folder built by an older recipe is recognised and rebuilt.
+    config = {
+        "model_cfg": spec["model_cfg"],
+        "preprocess_cfg": spec["preprocess_cfg"],
+        "tiny_recipe": _recipe(name),
+    }
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
@@ -147,19 +187,16 @@ def _is_current(folder: Path, name: str) -> bool:
 
 
 def build_checkpoint(name: str, out_dir: str | Path) -> Path:
-    """Writes checkpoint `name` into `out_dir`; each file appears under its final name only when complete."""
+    """Writes tiny checkpoint `name` into `out_dir`."""
     spec = TINY_CONFIGS[name]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / CONFIG_FILE, _config_text(name).encode())
-    state = _random_state_dict(spec["model_cfg"], spec["seed"])
-    # The temporary name must not end in .safetensors, or open_clip could pick up a half-written file.
-    partial = out / (WEIGHTS_FILE + ".partial")
-    # No metadata: safetensors writes it from a hash map, whose key order changes from run to run.
-    save_file(state, str(partial))
-    os.chmod(partial, 0o644)  # safetensors creates it private; workers may run as another user
-    os.replace(partial, out / WEIGHTS_FILE)
-    return out
+    return write_random_checkpoint(
+        out_dir,
+        spec["model_cfg"],
+        spec["preprocess_cfg"],
+        seed=spec["seed"],
+        decoder_logit_gain=_DECODER_LOGIT_GAIN,
+        recipe=_recipe(name),
+    )
 
 
 def ensure_tiny_checkpoints(root: str | Path) -> dict[str, str]:
