@@ -6,9 +6,9 @@ at a time, so memory is bounded by the batch, not the shard.
 
 Teachers always see batches of exactly `batch_size` views (or texts), filled across samples and
 zero-padded only at the end of the shard. On CPU and GPU, a row's result depends on the shape of its
-batch but not on the other rows (checked in the tests), so a sample's embeddings do not depend on
-which samples share its batch. The captioner sees groups of a fixed number of images, cut at fixed
-positions of the shard's samples, and draws each sample's captions from a seed of (run seed, uid).
+batch but not on the other rows, so a sample's embeddings do not depend on which samples share its
+batch (tests/pipeline checks this byte for byte). The captioner pads its own fixed-size chunks the
+same way, and draws each sample's captions from a seed of (run seed, uid).
 """
 
 from __future__ import annotations
@@ -42,13 +42,11 @@ from transforms import (
 )
 
 CAPTION_FAILED = "caption_failed"
+_CAPTION_DOMAIN = "datacompdr-reinforce/caption"
 
 
 class ShardUnreadableError(OSError):
     """The raw shard could not be opened at all: nothing is committed, so a re-run tries it again."""
-
-
-_CAPTION_DOMAIN = "datacompdr-reinforce/caption"
 
 
 class ImageEmbedder(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tarfile
 
@@ -139,3 +140,36 @@ def test_exit_codes(tmp_path, job, capsys):
     missing_model[missing_model.index("--captioner") + 1] = f"local-dir:{tmp_path / 'no-such-model'}"
     assert main(missing_model) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_batch_composition_does_not_change_a_byte(tmp_path, sample_raw_dir, kit, tiny_checkpoints):
+    """The same samples, shifted by one extra sample in front, land in other batches at other rows."""
+    from pipeline.reinforce_shard import reinforce_shard
+    from pipeline.run_config import ReinforceSettings
+    from pipeline.shard_format import iter_members
+    from pipeline.worker_models import load_models
+
+    with tarfile.open(sample_raw_dir / "00000000.tar") as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    plain = kit.write_tar(tmp_path / "plain" / "00000000.tar", members)
+    shifted = kit.write_tar(tmp_path / "shifted" / "00000000.tar", kit.sample_members("extra") + members)
+    settings = ReinforceSettings(
+        input_pattern="",
+        output_dir="",
+        preset="tiny",
+        teachers=(tiny_checkpoints["clip-a"], tiny_checkpoints["clip-b"]),
+        kd_logit_scales=(100.0, 100.0),
+        captioner=tiny_checkpoints["coca"],
+        num_views=3,
+        num_captions=2,
+        batch_size=8,
+    )
+    models = load_models(settings)
+    written = {}
+    for raw in (plain, shifted):
+        out = raw.parent / "out"
+        reinforce_shard(str(raw), dataclasses.replace(settings, output_dir=str(out)), models)
+        written[raw] = {m["__key__"]: m for m in iter_members(str(out / "00000000.tar"))}
+    assert len(written[shifted]) == len(written[plain]) + 1
+    for key, sample in written[plain].items():
+        assert written[shifted][key] == sample, key
