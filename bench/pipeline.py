@@ -80,37 +80,28 @@ def write_raw_shard(path: Path, count: int, source: list[list[tuple[str, bytes]]
 # ---------------------------------------------------------------- a ViT-B-32-sized random-init preset
 
 
-def write_random_checkpoint(model_name: str, folder: Path, seed: int) -> str:
-    """A random-init open_clip checkpoint of a built-in architecture, in `local-dir:` layout."""
+def random_checkpoint_spec(model_name: str, folder: Path, seed: int) -> str:
+    """A random-init checkpoint of a built-in open_clip architecture, in `local-dir:` layout (cached)."""
     import open_clip
-    from safetensors.torch import save_file
 
-    if (folder / "open_clip_model.safetensors").is_file():
-        return f"local-dir:{folder}"
-    folder.mkdir(parents=True, exist_ok=True)
-    model_cfg = open_clip.get_model_config(model_name)
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching anyone's global generator
-        torch.manual_seed(seed)
-        model = open_clip.create_model(model_name, pretrained=None)
-        decoder = getattr(model, "text_decoder", None)
-        if decoder is not None:  # left uninitialised by CoCa's constructor; peaked like a trained one
-            torch.nn.init.normal_(decoder.text_projection, std=6.0 * decoder.width**-0.5)
-    preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
-    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
-    state = {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
-    save_file(state, str(folder / "open_clip_model.safetensors.partial"))
-    os.replace(folder / "open_clip_model.safetensors.partial", folder / "open_clip_model.safetensors")
-    return f"local-dir:{folder}"
+    from teachers.tiny import WEIGHTS_FILE, local_dir_spec
+    from teachers.tiny import write_random_checkpoint as write
+
+    if not (folder / WEIGHTS_FILE).is_file():
+        preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
+        # a peaked next-token distribution, like a trained captioner's (see teachers.tiny)
+        gain = 6.0 if model_name.startswith("coca") else 1.0
+        write(folder, open_clip.get_model_config(model_name), preprocess, seed=seed, decoder_logit_gain=gain)
+    return local_dir_spec(folder)
 
 
 def b32_settings(cache: Path) -> dict[str, Any]:
     return {
         "teachers": (
-            write_random_checkpoint("ViT-B-32", cache / "vit-b-32-a", 2001),
-            write_random_checkpoint("ViT-B-32", cache / "vit-b-32-b", 2002),
+            random_checkpoint_spec("ViT-B-32", cache / "vit-b-32-a", 2001),
+            random_checkpoint_spec("ViT-B-32", cache / "vit-b-32-b", 2002),
         ),
-        "captioner": write_random_checkpoint("coca_ViT-B-32", cache / "coca-vit-b-32", 2003),
+        "captioner": random_checkpoint_spec("coca_ViT-B-32", cache / "coca-vit-b-32", 2003),
         "num_views": 10,
         "num_captions": 5,
     }

@@ -8,16 +8,13 @@ import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 import torch
 
 from pipeline.raw_shards import IMAGE_EXTENSIONS
 from pipeline.reinforce import main
 from pipeline.shard_format import iter_shard
+from teachers.ensemble import TeacherEnsemble
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter, decode_image, decode_param_aug
-
-pytest.importorskip("teachers.captioner")  # until the teachers package is in the tree
-TeacherEnsemble = pytest.importorskip("teachers.ensemble").TeacherEnsemble
 
 
 def test_writes_contract_outputs(reference_run, sample_raw_dir, job):

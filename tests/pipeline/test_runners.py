@@ -21,8 +21,6 @@ import pytest
 
 from pipeline.reinforce import main
 
-pytest.importorskip("teachers.captioner")  # until the teachers package is in the tree
-
 VENV_BIN = str(Path(sys.executable).parent)
 
 
