@@ -142,7 +142,13 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
         else contextlib.nullcontext()
     ):
         result = pipeline.run()
-        result.wait_until_finish()
+        try:
+            result.wait_until_finish()
+        finally:
+            # Beam's Dask runner leaves its client connected; it would keep reconnecting after the run.
+            client = getattr(result, "client", None)
+            if client is not None:
+                client.close()
     wall = time.monotonic() - start
     del adopted
     stats = committed_stats(settings.output_dir, shards)
