@@ -50,7 +50,7 @@ class ReinforceShardFn(beam.DoFn):
 
     def _tag(self) -> tuple[Any, ...]:
         s = self._settings
-        return (s.teachers, s.kd_logit_scales, s.captioner, s.precision)
+        return (s.teachers, s.kd_logit_scales, s.captioner, s.precision, s.device)
 
     def adopt(self, models: Any) -> _ModelsHolder:
         """Hand already-loaded models to workers in this process; keep the result alive for the run."""

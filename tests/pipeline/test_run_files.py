@@ -109,3 +109,41 @@ def test_stats_commit_a_shard_and_feed_manifest_and_summary(tmp_path):
     assert (tmp_path / "manifest.jsonl").read_text() == '{"shard": "00000007", "num_samples": 3}\n'
     assert summary.missing_shards == ["00000009"] and summary.num_written == 3 and summary.num_skipped == 2
     assert output_paths(out, "00000007")["tar"].endswith("00000007.tar")
+
+
+def test_flags_override_the_preset():
+    from pipeline.reinforce_args import parse, settings_from_args
+
+    args, beam_args = parse(
+        ["--input", "in/*.tar", "--output", "out", "--preset", "datacompdr1b", "--num-views", "3",
+         "--teachers", "a@x,b@y,c@z", "--layout", "v2", "--runner", "DirectRunner"]
+    )  # fmt: skip
+    settings = settings_from_args(args)
+    assert settings.teachers == ("a@x", "b@y", "c@z") and settings.kd_logit_scales == (100.0, 100.0, 100.0)
+    assert settings.num_views == 3 and settings.num_captions == 5  # one flag given, the other from the preset
+    assert settings.captioner == PRESETS["datacompdr1b"].captioner and settings.layout == "v2"
+    assert beam_args == ["--runner", "DirectRunner"]
+    args, _ = parse(["--input", "i", "--output", "o", "--preset", "mobileclip2", "--seed", "3"])
+    mobileclip2 = settings_from_args(args)
+    assert (
+        mobileclip2.kd_logit_scales == (70.0, 60.0) and mobileclip2.seed == 3 and mobileclip2.num_views == 10
+    )
+
+
+def test_help_explains_every_flag():
+    from pipeline.reinforce_args import build_parser
+
+    help_text = build_parser().format_help()
+    flags = "input output preset teachers captioner num-views num-captions seed precision embedding-dtype"
+    for flag in [*flags.split(), "layout", "batch-size", "runner"]:
+        assert f"--{flag}" in help_text, flag
+    assert "datacompdr12m" in help_text and "never downloads" in help_text
+
+
+def test_unknown_or_stray_arguments_are_refused():
+    from beam_jobs.runners import unusable_beam_args
+
+    assert unusable_beam_args(["--runner", "DirectRunner", "--direct_num_workers", "2"]) == []
+    assert unusable_beam_args(["raw/00000001.tar", "--num-view", "3"]) == ["--num_view", "raw/00000001.tar"]
+    dask = ["--runner", "DaskRunner", "--dask_client_address", "tcp://127.0.0.1:8786"]
+    assert unusable_beam_args(dask) == []
