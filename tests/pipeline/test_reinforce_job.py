@@ -170,3 +170,20 @@ def test_batch_composition_does_not_change_a_byte(tmp_path, sample_raw_dir, kit,
     assert len(written[shifted]) == len(written[plain]) + 1
     for key, sample in written[plain].items():
         assert written[shifted][key] == sample, key
+
+
+def test_real_presets_fail_fast_and_clearly_without_a_hub(tmp_path, sample_raw_dir, capsys):
+    out = tmp_path / "out"
+    args = [
+        "--input",
+        f"{sample_raw_dir}/*.tar",
+        "--output",
+        str(out),
+        "--preset",
+        "datacompdr1b",
+        "--no-progress",
+    ]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "cannot load 'ViT-L-14@openai'" in error and "local-dir:" in error
+    assert not out.exists()  # nothing written before the models are known to load
