@@ -15,7 +15,9 @@ from pathlib import Path
 TINY = "tiny"
 _DATACOMP_TEACHERS = ("ViT-L-14@openai", "ViT-L-14@datacomp_xl_s13b_b90k")
 _DATACOMP_CAPTIONER = "coca_ViT-L-14@mscoco_finetuned_laion2B-s13B-b90k"
-# MobileCLIP2's captioner: the DFN-2B CoCa ViT-L-14 fine-tuned on MSCOCO-38k, published under this hub repo.
+# MobileCLIP2's captioner, the DFN-2B CoCa ViT-L-14 fine-tuned on MSCOCO-38k, is published in this hub
+# repo next to other fine-tunes; its layout could not be checked from here. If it does not load as an
+# open_clip hub model, download the MSCOCO-38k checkpoint and pass `--captioner local-dir:PATH`.
 _MOBILECLIP2_CAPTIONER = "hf-hub:apple/mobileclip2_coca_dfn2b_s13b_context77"
 
 
