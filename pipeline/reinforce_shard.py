@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import threading
 import time
 from collections import Counter, deque
@@ -42,6 +43,8 @@ from transforms import (
 )
 
 CAPTION_FAILED = "caption_failed"
+SAMPLE_FAILED = "sample_failed"
+_LOG = logging.getLogger(__name__)
 _CAPTION_DOMAIN = "datacompdr-reinforce/caption"
 
 
@@ -164,6 +167,9 @@ def _prepared(
                 item = _prepare(item, settings, augmenter, seconds)
             except (BadImageError, AugmentationError) as exc:
                 item = SkippedSample(item.key, skip_reason_for_image_error(exc), str(exc)[:200])
+            except Exception as exc:  # an image no check foresaw must cost one sample, not the shard
+                _LOG.warning("sample %s of %s skipped: %r", item.key, input_path, exc)
+                item = SkippedSample(item.key, SAMPLE_FAILED, f"{type(exc).__name__}: {exc}"[:200])
         yield item, seconds
 
 

@@ -187,3 +187,39 @@ def test_real_presets_fail_fast_and_clearly_without_a_hub(tmp_path, sample_raw_d
     error = capsys.readouterr().err
     assert "cannot load 'ViT-L-14@openai'" in error and "local-dir:" in error
     assert not out.exists()  # nothing written before the models are known to load
+
+
+def test_an_unforeseen_error_costs_one_sample_not_the_shard(tmp_path, kit, tiny_checkpoints):
+    from pipeline.reinforce_shard import SAMPLE_FAILED, reinforce_shard
+    from pipeline.run_config import ReinforceSettings
+    from pipeline.worker_models import load_models
+
+    settings = ReinforceSettings(
+        input_pattern="",
+        output_dir=str(tmp_path / "out"),
+        preset="tiny",
+        teachers=(tiny_checkpoints["clip-a"], tiny_checkpoints["clip-b"]),
+        kd_logit_scales=(100.0, 100.0),
+        captioner=tiny_checkpoints["coca"],
+        num_views=1,
+        num_captions=1,
+    )
+    models = load_models(settings)
+    real = models.augmenter
+
+    class Brittle:
+        """An augmenter that breaks, unexpectedly, on one image size."""
+
+        def sample(self, rng, size):
+            return real.sample(rng, size)
+
+        def apply(self, image, params):
+            if image.size == (77, 55):
+                raise RuntimeError("a bug no check foresaw")
+            return real.apply(image, params)
+
+    models.augmenter = Brittle()
+    members = [m for k, size in enumerate([(96, 80), (77, 55), (90, 70)]) for m in
+               kit.sample_members(f"s{k}", image=kit.jpeg_bytes(*size, seed=k))]  # fmt: skip
+    stats = reinforce_shard(str(kit.write_tar(tmp_path / "raw" / "00000000.tar", members)), settings, models)
+    assert stats.num_written == 2 and stats.skipped == {SAMPLE_FAILED: 1}
