@@ -109,23 +109,24 @@ class ShardStats:
         )
 
 
-def write_nonempty_or_delete(path: str, data: bytes) -> None:
-    """Write `data`, or make sure no file is there when it is empty.
+def write_run_file(path: str, data: bytes) -> None:
+    """Write a run file atomically; an empty one on S3 is left out instead.
 
-    Beam's S3 writer cannot create an empty object (it completes a multipart upload with no parts),
-    so files that may have nothing to say exist only when they do.
+    Beam's S3 writer cannot create an empty object (it completes a multipart upload with no parts,
+    which S3 refuses), so on `s3://` an errors file with nothing to list, or an empty manifest, is
+    absent rather than empty. Everywhere else the file is always there.
     """
-    if data:
+    if data or not path.startswith("s3://"):
         storage.write_bytes_atomic(path, data)
     else:
         storage.delete(path)
 
 
 def write_shard_outcome(output_dir: str, stats: ShardStats, skips: Iterable[SkipRecord]) -> None:
-    """Errors file (only if something was skipped), then the stats file, which commits the shard."""
+    """Errors file, then the stats file, which commits the shard."""
     paths = output_paths(output_dir, stats.shard)
     lines = "".join(record.to_json() + "\n" for record in skips)
-    write_nonempty_or_delete(paths["errors"], lines.encode("utf-8"))
+    write_run_file(paths["errors"], lines.encode("utf-8"))
     storage.write_bytes_atomic(paths["stats"], (json.dumps(stats.to_dict(), indent=2) + "\n").encode())
 
 
@@ -196,7 +197,7 @@ def committed_stats(output_dir: str, shards: list[str]) -> dict[str, ShardStats]
 def finalize_run(output_dir: str, shards: list[str]) -> RunSummary:
     """Write manifest.jsonl and summary.json from every committed shard's stats."""
     stats = committed_stats(output_dir, shards)
-    write_nonempty_or_delete(storage.join(output_dir, MANIFEST_FILE), manifest_bytes(shards, stats))
+    write_run_file(storage.join(output_dir, MANIFEST_FILE), manifest_bytes(shards, stats))
     summary = summarize(shards, stats)
     storage.write_bytes_atomic(
         storage.join(output_dir, SUMMARY_FILE), (json.dumps(summary.to_dict(), indent=2) + "\n").encode()
