@@ -7,7 +7,7 @@ tokenizer; the ensemble only hands it pixels already resized and normalised its 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -45,7 +45,6 @@ class Teacher:
     logit_scale: float  # the model's own learned scale, the default KD logit scale
     encode_pixels: Callable[[torch.Tensor], torch.Tensor]  # normalised float pixels -> [B, dim]
     encode_texts: Callable[[list[str]], torch.Tensor]  # cleaned texts -> [N, dim]
-    model: nn.Module
 
 
 def _input_dtype(model: nn.Module) -> torch.dtype:
@@ -99,7 +98,6 @@ def load_open_clip_teacher(spec: ModelSpec, precision: str, device: str) -> Teac
         logit_scale=float(model.logit_scale.detach().float().exp().reshape(-1)[0]),
         encode_pixels=encode_pixels,
         encode_texts=encode_texts,
-        model=model,
     )
 
 
@@ -162,7 +160,6 @@ def load_hf_teacher(spec: ModelSpec, precision: str, device: str) -> Teacher:
         logit_scale=float(model.logit_scale.detach().float().exp().reshape(-1)[0]),
         encode_pixels=encode_pixels,
         encode_texts=encode_texts,
-        model=model,
     )
 
 
@@ -174,7 +171,3 @@ def load_teacher(spec: str | ModelSpec, *, precision: str = "fp32", device: str 
     if parsed.backend == "open_clip":
         return load_open_clip_teacher(parsed, precision, device)
     return load_hf_teacher(parsed, precision, device)
-
-
-def load_teachers(specs: Sequence[str], *, precision: str, device: str) -> list[Teacher]:
-    return [load_teacher(s, precision=precision, device=device) for s in specs]

@@ -141,6 +141,7 @@ class CocaIncrementalDecoder:
         self.model = model
         text, decoder = model.text, model.text_decoder
         self.dtype = text.transformer.get_cast_dtype()
+        self.device = image_embs.device
         images = image_embs.shape[0]
         rows = images * num_samples
         self.pos = 0
@@ -149,7 +150,10 @@ class CocaIncrementalDecoder:
         def cache(block: nn.Module) -> _KVCache:
             attn = block.attn
             shape = (rows, attn.num_heads, max_len, attn.embed_dim // attn.num_heads)
-            return _KVCache(torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype))
+            return _KVCache(
+                torch.empty(shape, dtype=self.dtype, device=self.device),
+                torch.empty(shape, dtype=self.dtype, device=self.device),
+            )
 
         self.text_caches = [cache(b) for b in text.transformer.resblocks]
         self.decoder_caches = [cache(b) for b in decoder.resblocks]
@@ -166,11 +170,11 @@ class CocaIncrementalDecoder:
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feeds one token per row at the next position; returns next-token logits float32 [N, V]."""
+        """Feeds one token per row at the next position; returns next-token logits float32 [N, V] on CPU."""
         if self.pos >= self.max_len:
             raise IndexError(f"decoder is full ({self.max_len} positions)")
         text, decoder = self.model.text, self.model.text_decoder
-        x = text.token_embedding(tokens).to(self.dtype).unsqueeze(1)
+        x = text.token_embedding(tokens.to(self.device)).to(self.dtype).unsqueeze(1)
         x = x + text.positional_embedding[self.pos].to(self.dtype)
         for block, cache in zip(text.transformer.resblocks, self.text_caches, strict=True):
             x = _self_attention_step(block, x, cache, self.pos)
@@ -180,7 +184,7 @@ class CocaIncrementalDecoder:
             x = _cross_attention_step(cross_block, x, keys, values)
         self.pos += 1
         logits = decoder.ln_final(x)[:, 0] @ decoder.text_projection
-        return logits.float()
+        return logits.float().cpu()  # token choice runs on the CPU, the same on every device
 
 
 @torch.inference_mode()

@@ -94,8 +94,6 @@ _DECODER_LOGIT_GAIN = 6.0
 TINY_NAMES: tuple[str, ...] = tuple(TINY_CONFIGS)
 TINY_TEACHERS: tuple[str, ...] = ("clip-a", "clip-b")
 TINY_CAPTIONER = "coca"
-# Fixed KD logit scales for the tiny teachers, mirroring the public presets' (100, 100).
-TINY_KD_LOGIT_SCALES: tuple[float, ...] = (100.0, 100.0)
 
 
 def local_dir_spec(path: str | Path) -> str:
