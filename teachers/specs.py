@@ -22,7 +22,6 @@ from urllib.parse import urlparse
 import torch
 
 Backend = Literal["open_clip", "transformers"]
-Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 _HUB_PROBE_TIMEOUT_S = 3.0
