@@ -66,7 +66,7 @@ def _torchvision(augmenter: ViewAugmenter, image: Image.Image, normalized: bool)
 
 def _median_views_per_s(runs: dict[str, Callable[[int], None]], rounds: int) -> dict[str, float]:
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for name, run in runs.items():  # warm-up: imports, caches, first allocations
+    for run in runs.values():  # warm-up: imports, caches, first allocations
         run(-1)
     for round_index in range(rounds):
         for name, run in runs.items():
@@ -77,7 +77,9 @@ def _median_views_per_s(runs: dict[str, Callable[[int], None]], rounds: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -99,11 +101,16 @@ def main() -> None:
     )
     load = os.getloadavg()[0]
     print(f"image: astronaut {image.size[0]}x{image.size[1]} JPEG, decoded in {decode_ms:.1f} ms")
-    print(f"{VIEWS} views per round, median of {args.rounds} alternating rounds, 1 thread, load avg {load:.1f}")
+    print(
+        f"{VIEWS} views per round, median of {args.rounds} alternating rounds, 1 thread, load avg {load:.1f}"
+    )
     print("(shared machine: absolute numbers are noisy, compare the columns of one run)")
     for kind in ("uint8", "normalized"):
         ours, theirs = rates[f"ours_{kind}"], rates[f"torchvision_{kind}"]
-        print(f"{kind:>10}: ours {ours:7.1f} views/s   torchvision v1 {theirs:7.1f} views/s   ratio {ours / theirs:.2f}")
+        print(
+            f"{kind:>10}: ours {ours:7.1f} views/s   torchvision v1 {theirs:7.1f} views/s"
+            f"   ratio {ours / theirs:.2f}"
+        )
     figures = {name: round(rate, 1) for name, rate in rates.items()}
     figures |= {
         "speedup_uint8": round(rates["ours_uint8"] / rates["torchvision_uint8"], 3),
