@@ -83,24 +83,16 @@ def find_input_shards(pattern: str) -> list[str]:
 
 
 def describe_run(settings: ReinforceSettings, models: Any) -> dict[str, Any]:
-    from transforms import DATACOMPDR_AUGMENTATION, PARAM_AUG_VERSION
+    from transforms import PARAM_AUG_VERSION
 
     return build_run_config(
         settings,
         teachers=models.ensemble.describe(),
         captioner=models.captioner.describe(),
-        image_augmentation=_plain(DATACOMPDR_AUGMENTATION),
+        # the augmenter's canonical config: every default spelled out, loadable by the public trainer
+        image_augmentation=models.augmenter.config,
         param_aug_version=PARAM_AUG_VERSION,
     )
-
-
-def _plain(config: Any) -> Any:
-    """The augmentation config as JSON values (it may be a dataclass or a mapping)."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return dataclasses.asdict(config)
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    return config
 
 
 def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress: bool = True) -> JobOutcome:

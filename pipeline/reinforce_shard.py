@@ -62,6 +62,8 @@ class CaptionModel(Protocol):
 
 
 class Augmenter(Protocol):
+    config: dict[str, Any]
+
     def sample(self, rng: np.random.Generator, size: tuple[int, int]) -> Any: ...
     def apply(self, image: Image.Image, params: Any) -> torch.Tensor: ...
 
