@@ -72,7 +72,12 @@ def find_input_shards(pattern: str) -> list[str]:
     except Exception as exc:  # Beam raises BeamIOError for an unreachable bucket or a bad scheme
         raise ConfigError(f"cannot list --input {pattern!r}: {exc}") from exc
     if not paths:
-        raise ConfigError(f"no .tar shards match --input {pattern!r}")
+        hint = (
+            ""
+            if any(c in pattern for c in "*?[")
+            else f" (a folder? try --input '{pattern.rstrip('/')}/*.tar')"
+        )
+        raise ConfigError(f"no .tar shards match --input {pattern!r}{hint}")
     names = Counter(shard_name(p) for p in paths)
     clashes = sorted(name for name, count in names.items() if count > 1)
     if clashes:
