@@ -220,3 +220,22 @@ def test_an_unforeseen_error_costs_one_sample_not_the_shard(tmp_path, kit, tiny_
                kit.sample_members(f"s{k}", image=kit.jpeg_bytes(*size, seed=k))]  # fmt: skip
     stats = reinforce_shard(str(kit.write_tar(tmp_path / "raw" / "00000000.tar", members)), settings, models)
     assert stats.num_written == 2 and stats.skipped == {SAMPLE_FAILED: 1}
+
+
+def test_v2_layout_with_bf16_embeddings(tmp_path, job_input, reference_run, job):
+    from pipeline.shard_format import iter_members
+
+    out = tmp_path / "v2"
+    assert main(job.args(job_input[0], out, "--layout", "v2", "--embedding-dtype", "bf16")) == 0
+    members = next(iter_members(str(out / "00000000.tar")))
+    assert "pth.gz" in members and "npz" not in members
+    assert set(json.loads(members["syn.json"])) == {"syn_text_coca"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["layout"] == "v2" and config["embedding_dtype"] == "bf16"
+    v1 = {s.key: s for s in iter_shard(str(reference_run / "00000000.tar"))}
+    for sample in iter_shard(str(out / "00000000.tar")):
+        same = v1[sample.key]
+        assert sample.syn_captions["syn_text_coca"] == same.syn_captions["syn_text"]
+        assert sample.param_aug == same.param_aug
+        np.testing.assert_allclose(sample.image_emb, same.image_emb, atol=1e-2)  # bf16 keeps ~3 digits
+        np.testing.assert_allclose(sample.syn_emb["syn_text_coca"], same.syn_emb["syn_text"], atol=1e-2)
