@@ -32,8 +32,8 @@ from pipeline.progress import ShardProgress
 from pipeline.run_config import ConfigError, ReinforceSettings, build_run_config, write_or_check_run_config
 from pipeline.shard_stats import (
     RunSummary,
+    committed_shards,
     committed_stats,
-    is_committed,
     remove_stale_temporaries,
     shard_name,
     summarize,
@@ -116,7 +116,8 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
     models = load_models(settings)
     write_or_check_run_config(settings.output_dir, describe_run(settings, models))
     shards = [shard_name(p) for p in inputs]
-    pending = [p for p in inputs if not is_committed(settings.output_dir, shard_name(p))]
+    done = committed_shards(settings.output_dir)
+    pending = [p for p in inputs if shard_name(p) not in done]
     for path in pending:  # a killed earlier attempt may have left temporaries of these shards behind
         remove_stale_temporaries(settings.output_dir, shard_name(path))
     _LOG.info(

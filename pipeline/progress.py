@@ -15,7 +15,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from pipeline.shard_stats import RunSummary, read_shard_stats
+from pipeline.shard_stats import RunSummary, committed_shards, read_shard_stats
 
 
 class ShardProgress:
@@ -48,15 +48,13 @@ class ShardProgress:
         return self
 
     def _poll(self) -> None:
-        still, done = [], 0
-        for shard in self._pending:
+        committed = committed_shards(self._output_dir)
+        newly = [shard for shard in self._pending if shard in committed]
+        for shard in newly:
             stats = read_shard_stats(self._output_dir, shard)
-            if stats is None:
-                still.append(shard)
-            else:
-                done += 1
-                self._samples += stats.num_written
-        self._pending = still
+            self._samples += stats.num_written if stats is not None else 0
+        done = len(newly)
+        self._pending = [shard for shard in self._pending if shard not in committed]
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = f"{self._samples} samples, {self._samples / elapsed:.1f} samples/s"
         self._bar.set_postfix_str(rate, refresh=False)

@@ -12,6 +12,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline import storage
@@ -189,9 +190,20 @@ def manifest_bytes(shards: list[str], stats: dict[str, ShardStats]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
+def committed_shards(output_dir: str) -> set[str]:
+    """Names of the shards whose stats file exists: one listing, not one request per shard."""
+    paths = storage.match(storage.join(output_dir, f"*{STATS_SUFFIX}"))
+    return {storage.basename(p)[: -len(STATS_SUFFIX)] for p in paths}
+
+
 def committed_stats(output_dir: str, shards: list[str]) -> dict[str, ShardStats]:
     """The stats of every committed shard among `shards` (this run's and earlier runs')."""
-    return {shard: s for shard in shards if (s := read_shard_stats(output_dir, shard)) is not None}
+    done = committed_shards(output_dir)
+    wanted = [shard for shard in shards if shard in done]
+    # Many small reads from an object store: overlap their latency.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        loaded = pool.map(lambda shard: read_shard_stats(output_dir, shard), wanted)
+        return {shard: stats for shard, stats in zip(wanted, loaded, strict=True) if stats is not None}
 
 
 def finalize_run(output_dir: str, shards: list[str]) -> RunSummary:
