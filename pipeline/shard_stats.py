@@ -39,10 +39,6 @@ def output_paths(output_dir: str, shard: str) -> dict[str, str]:
     }
 
 
-def is_committed(output_dir: str, shard: str) -> bool:
-    return storage.exists(output_paths(output_dir, shard)["stats"])
-
-
 def remove_stale_temporaries(output_dir: str, shard: str) -> int:
     """Delete what a killed attempt at an unfinished shard left half-written (hidden `.NAME.tmp-*` files)."""
     stale = storage.match(storage.join(output_dir, f".{shard}[._]*.tmp-*"))

@@ -17,8 +17,8 @@ from pipeline.run_config import (
 from pipeline.shard_stats import (
     ShardStats,
     SkipRecord,
+    committed_shards,
     finalize_run,
-    is_committed,
     output_paths,
     read_shard_stats,
     shard_name,
@@ -97,9 +97,9 @@ def test_stats_commit_a_shard_and_feed_manifest_and_summary(tmp_path):
     stats = ShardStats("00000007", "raw/00000007.tar", num_read=5, num_written=3)
     stats.skipped = {"image_undecodable": 1, "duplicate_key": 1}
     stats.seconds = {"embed_images": 1.5}
-    assert not is_committed(out, "00000007")
+    assert committed_shards(out) == set()
     write_shard_outcome(out, stats, [SkipRecord("k1", "image_undecodable", "not an image")])
-    assert is_committed(out, "00000007")
+    assert committed_shards(out) == {"00000007"}
     assert read_shard_stats(out, "00000007") == stats
     errors = (tmp_path / "00000007_errors.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in errors] == [
