@@ -133,7 +133,7 @@ def reinforce_shard(
     ) as writer:
         stream = _SampleStream(settings, models, writer, skip, clock, on_batch)
         prepared_items = _prepared(input_path, settings, models.augmenter)
-        for item in _ahead(prepared_items, depth=max(8, stream.group_size), clock=clock):
+        for item in read_ahead(prepared_items, depth=max(8, stream.group_size), clock=clock):
             if isinstance(item, SkippedSample) and item.reason == SkipReason.UNREADABLE_SHARD:
                 # Possibly transient (a flaky bucket, a missing mount): leave the shard uncommitted.
                 raise ShardUnreadableError(f"{input_path}: {item.detail}")
@@ -175,26 +175,30 @@ def _prepared(
         yield item, seconds
 
 
-def _ahead(items: Iterator[tuple[Any, dict[str, float]]], *, depth: int, clock: _Clock) -> Iterator[Any]:
+def read_ahead(items: Iterator[tuple[Any, dict[str, float]]], *, depth: int, clock: _Clock) -> Iterator[Any]:
     """Run `items` in a helper thread up to `depth` items ahead, so that decoding and augmenting (PIL,
     mostly outside the GIL) overlap the models' work. Order, and so every output byte, is unchanged."""
     queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
     stop = threading.Event()
 
+    def offer(entry: tuple[str, Any]) -> bool:
+        """Put unless the consumer has gone away (it may have stopped on an error of its own)."""
+        while not stop.is_set():
+            try:
+                queue.put(entry, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        queue.put(("item", item), timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
+                if not offer(("item", item)):
                     return
-            queue.put(("done", None))
+            offer(("done", None))
         except BaseException as exc:  # handed to the consuming thread, which raises it
-            queue.put(("error", exc))
+            offer(("error", exc))
 
     worker = threading.Thread(target=produce, name="shard-prefetch", daemon=True)
     worker.start()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import tarfile
+import threading
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from pipeline.raw_shards import IMAGE_EXTENSIONS
@@ -239,3 +242,25 @@ def test_v2_layout_with_bf16_embeddings(tmp_path, job_input, reference_run, job)
         assert sample.param_aug == same.param_aug
         np.testing.assert_allclose(sample.image_emb, same.image_emb, atol=1e-2)  # bf16 keeps ~3 digits
         np.testing.assert_allclose(sample.syn_emb["syn_text_coca"], same.syn_emb["syn_text"], atol=1e-2)
+
+
+def test_read_ahead_keeps_order_passes_errors_and_stops_with_its_consumer():
+    from pipeline.reinforce_shard import _Clock, read_ahead
+
+    def numbers(fail_at: int | None = None):
+        for n in range(100):
+            if n == fail_at:
+                raise ValueError("broken input stream")
+            yield n, {"read": 0.001}
+
+    clock = _Clock()
+    assert list(read_ahead(numbers(), depth=3, clock=clock)) == list(range(100))
+    assert clock.seconds["read"] > 0
+    with pytest.raises(ValueError, match="broken input stream"):
+        list(read_ahead(numbers(fail_at=50), depth=3, clock=_Clock()))
+    for items in (numbers(), iter([("a", {}), ("b", {})])):  # long, and short enough to finish producing
+        consumer = read_ahead(items, depth=1, clock=_Clock())
+        next(consumer)
+        time.sleep(0.2)  # let the helper fill the queue and wait on it
+        consumer.close()  # the consumer gives up early: the helper must end, not block on a full queue
+        assert not any(t.name == "shard-prefetch" and t.is_alive() for t in threading.enumerate())
