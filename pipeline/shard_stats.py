@@ -106,24 +106,11 @@ class ShardStats:
         )
 
 
-def write_run_file(path: str, data: bytes) -> None:
-    """Write a run file atomically; an empty one on S3 is left out instead.
-
-    Beam's S3 writer cannot create an empty object (it completes a multipart upload with no parts,
-    which S3 refuses), so on `s3://` an errors file with nothing to list, or an empty manifest, is
-    absent rather than empty. Everywhere else the file is always there.
-    """
-    if data or not path.startswith("s3://"):
-        storage.write_bytes_atomic(path, data)
-    else:
-        storage.delete(path)
-
-
 def write_shard_outcome(output_dir: str, stats: ShardStats, skips: Iterable[SkipRecord]) -> None:
     """Errors file, then the stats file, which commits the shard."""
     paths = output_paths(output_dir, stats.shard)
     lines = "".join(record.to_json() + "\n" for record in skips)
-    write_run_file(paths["errors"], lines.encode("utf-8"))
+    storage.write_bytes_atomic(paths["errors"], lines.encode("utf-8"))
     storage.write_bytes_atomic(paths["stats"], (json.dumps(stats.to_dict(), indent=2) + "\n").encode())
 
 
@@ -205,7 +192,7 @@ def committed_stats(output_dir: str, shards: list[str]) -> dict[str, ShardStats]
 def finalize_run(output_dir: str, shards: list[str]) -> RunSummary:
     """Write manifest.jsonl and summary.json from every committed shard's stats."""
     stats = committed_stats(output_dir, shards)
-    write_run_file(storage.join(output_dir, MANIFEST_FILE), manifest_bytes(shards, stats))
+    storage.write_bytes_atomic(storage.join(output_dir, MANIFEST_FILE), manifest_bytes(shards, stats))
     summary = summarize(shards, stats)
     storage.write_bytes_atomic(
         storage.join(output_dir, SUMMARY_FILE), (json.dumps(summary.to_dict(), indent=2) + "\n").encode()

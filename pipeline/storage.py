@@ -93,8 +93,21 @@ def commit(tmp: str, path: str) -> None:
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
+    if not data and path.startswith("s3://"):
+        _put_empty_s3_object(path)
+        return
     with atomic_write(path) as f:
         f.write(data)
+
+
+def _put_empty_s3_object(path: str) -> None:
+    """Beam's S3 writer cannot make an empty object (it completes a multipart upload with no parts,
+    which S3 refuses), so a zero-byte file is one plain PUT (atomic on S3) with Beam's own client."""
+    from apache_beam.io.aws.clients.s3 import boto3_client
+
+    bucket, _, key = path.removeprefix("s3://").partition("/")
+    options = FileSystems.get_filesystem(path)._options
+    boto3_client.Client(options=options).client.put_object(Bucket=bucket, Key=key, Body=b"")
 
 
 def write_text_atomic(path: str, text: str) -> None:
