@@ -15,7 +15,6 @@ from collections import Counter
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -111,7 +110,7 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
             "Quote globs so the shell leaves them alone: --input 'raw/*.tar'"
         )
     options = PipelineOptions(beam_args)
-    FileSystems.set_options(options)  # s3/gcs options apply to the launcher's own reads and writes too
+    storage.use_filesystem_options(options)  # s3/gcs options apply to the launcher's own reads and writes too
     inputs = find_input_shards(settings.input_pattern)
     models = load_models(settings)
     write_or_check_run_config(settings.output_dir, describe_run(settings, models))

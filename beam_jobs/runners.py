@@ -8,10 +8,14 @@ still honours `--direct_num_workers` and `--direct_running_mode`.
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from pipeline import storage
 
 DIRECT_ALIASES = frozenset({"DirectRunner", "FnApiRunner", "SwitchingDirectRunner"})
 DASK = "DaskRunner"
@@ -69,6 +73,18 @@ def local_worker_processes(options: PipelineOptions) -> int:
     if workers == 0:  # Beam's "one per core"
         return os.cpu_count() or 1
     return max(1, workers or 1)
+
+
+def parse_known_beam_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Our flags into the namespace; the rest, as `beam_args`, must be Beam options (typos are refused)
+    and set the filesystem options of this process, so gs:// and s3:// paths work in every CLI."""
+    args, beam_args = parser.parse_known_args(argv)
+    unusable = unusable_beam_args(beam_args)
+    if unusable:
+        parser.error(f"unrecognized arguments: {' '.join(unusable)}")
+    storage.use_filesystem_options(beam_args)
+    args.beam_args = beam_args
+    return args
 
 
 def unusable_beam_args(beam_args: list[str]) -> list[str]:

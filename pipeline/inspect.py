@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 from PIL import Image
 
+from beam_jobs.runners import parse_known_beam_args
 from pipeline import shard_report, storage
 from pipeline.run_folder import parse_teacher_dims
 from pipeline.shard_format import ReinforcedSample
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="D1,D2",
         help="teacher widths, for shards without config.json (e.g. 768,768)",
     )
-    args = parser.parse_args(argv)
+    args = parse_known_beam_args(parser, argv)  # any Beam filesystem option: --s3_endpoint_url, ...
     dims = [int(d) for d in args.teacher_dims.split(",")] if args.teacher_dims else None
     overview = shard_report.load_overview(
         args.path, limit=args.limit, sample_key=args.sample, teacher_dims=dims

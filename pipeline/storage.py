@@ -14,8 +14,19 @@ from typing import BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 RAW = CompressionTypes.UNCOMPRESSED  # never let a `.gz` name trigger transparent decompression
+
+
+def use_filesystem_options(beam_args: list[str] | PipelineOptions) -> None:
+    """Set what gs:// and s3:// clients are built from in this process (`--s3_endpoint_url`, ...).
+
+    Without any, Beam's S3 client refuses to start; with an empty list it falls back to the
+    environment's credentials, as boto3 and google-auth do.
+    """
+    options = beam_args if isinstance(beam_args, PipelineOptions) else PipelineOptions(beam_args)
+    FileSystems.set_options(options)
 
 
 def match(pattern: str) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from beam_jobs.runners import parse_known_beam_args
 from pipeline import storage
 from pipeline.raw_shards import RawSample, iter_raw_shard
 from pipeline.run_folder import (
@@ -537,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="D1,D2",
         help="teacher widths, for shards without config.json (e.g. 768,768)",
     )
-    args = parser.parse_args(argv)
+    args = parse_known_beam_args(parser, argv)  # any Beam filesystem option: --s3_endpoint_url, ...
 
     def report(problem: Problem) -> None:
         print(problem.line(), flush=True)

@@ -20,10 +20,8 @@ from typing import Any
 
 import open_clip
 import torch
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.runners import unusable_beam_args
+from beam_jobs.runners import parse_known_beam_args
 from pipeline import storage
 from pipeline.shard_format import IMAGE_MEMBERS, iter_members
 from trainer.data import list_shards, skip_reason
@@ -229,12 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classnames", default=None, help=f"one class per line (default: {CLASSNAMES_FILE})")
     parser.add_argument("--templates", default=None, help="prompt templates with {c} (default: CLIP's)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
-    args, beam_args = parser.parse_known_args(argv)
-    unusable = unusable_beam_args(beam_args)
-    if unusable:
-        parser.error(f"unrecognized arguments: {' '.join(unusable)}")
-    if beam_args:  # endpoints and credentials for gs:// and s3:// held-out shards
-        FileSystems.set_options(PipelineOptions(beam_args))
+    args = parse_known_beam_args(parser, argv)  # also sets gs:// / s3:// endpoints and credentials
     name = args.checkpoint
     if storage.exists(storage.join(name, "open_clip_config.json")) and not name.startswith(LOCAL_DIR):
         name = LOCAL_DIR + name

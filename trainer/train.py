@@ -20,10 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.runners import unusable_beam_args
+from beam_jobs.runners import parse_known_beam_args
 from pipeline import storage
 from trainer import checkpoint as ckpt
 from trainer.data import (
@@ -130,11 +128,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         help="torch threads for the step (0: the cores the workers leave, >= 1)",
     )
-    args, beam_args = p.parse_known_args(argv)
-    unusable = unusable_beam_args(beam_args)
-    if unusable:
-        p.error(f"unrecognized arguments: {' '.join(unusable)}")
-    args.beam_args = beam_args
+    args = parse_known_beam_args(p, argv)
     if args.warmup is None:
         args.warmup = min(1000, args.steps // 10)
     problems = [
@@ -259,8 +253,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    if args.beam_args:  # credentials and endpoints for gs:// and s3:// paths; loader workers inherit them
-        FileSystems.set_options(PipelineOptions(args.beam_args))
     config_path = args.config or sibling_config(args.data[0])
     config = load_run_config(config_path) if config_path else None
     settings = resolve_data_settings(

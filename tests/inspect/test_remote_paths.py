@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import shard_report, validate
+from pipeline import inspect, shard_report, validate
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -25,9 +25,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto S3 server on loopback, with Beam's FileSystems pointed at it for this test only."""
+    """A moto S3 server on loopback; credentials come from the environment, as they would for a user."""
     from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     port = free_port()
     server = subprocess.Popen(
@@ -36,6 +35,7 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
+    previous = FileSystems._pipeline_options  # the CLIs set this process's options; restore them
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -52,22 +52,9 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             "AWS_DEFAULT_REGION": "us-east-1",
         }.items():
             monkeypatch.setenv(name, value)
-        previous = FileSystems._pipeline_options
-        FileSystems.set_options(
-            PipelineOptions(
-                [
-                    f"--s3_endpoint_url={endpoint}",
-                    "--s3_access_key_id=test",
-                    "--s3_secret_access_key=test",
-                    "--s3_region_name=us-east-1",
-                ]
-            )
-        )
-        try:
-            yield endpoint
-        finally:
-            FileSystems.set_options(previous)
+        yield endpoint
     finally:
+        FileSystems.set_options(previous)
         server.terminate()
         server.wait(timeout=10)
 
@@ -80,11 +67,19 @@ def upload(endpoint: str, folder: Path, bucket: str, prefix: str) -> str:
     return f"s3://{bucket}/{prefix}"
 
 
-def test_validate_and_inspect_an_s3_folder(make_run, s3_endpoint: str) -> None:
+def test_validate_and_inspect_an_s3_folder_from_the_command_line(make_run, s3_endpoint: str, capsys) -> None:
     remote = upload(s3_endpoint, make_run(), "reinforced", "run")
-    problems: list[validate.Problem] = []
-    outcome = validate.validate(remote, report=problems.append)
-    assert problems == [] and outcome.verdict() == "OK: 1 shard(s), 6 sample(s) checked, no problems"
+    endpoint_flag = f"--s3_endpoint_url={s3_endpoint}"
+    assert validate.main([remote, endpoint_flag]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "OK: 1 shard(s), 6 sample(s) checked, no problems"
+    assert inspect.main([f"{remote}/00000000.tar", endpoint_flag]) == 0
+    assert "00000000" in capsys.readouterr().out
     overview = shard_report.load_overview(f"{remote}/00000000.tar", limit=2)
     assert overview.slices_source == "config"  # config.json found beside a single remote shard
     assert [s.num_views for s in overview.samples] == [3, 3]
+
+
+def test_a_mistyped_flag_is_refused_not_ignored(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        validate.main(["some/folder", "--s3_endpoint_ur=http://127.0.0.1:1"])
+    assert caught.value.code == 2 and "unrecognized arguments: --s3_endpoint_ur" in capsys.readouterr().err
