@@ -123,13 +123,6 @@ def _original(sample: ReinforcedSample) -> str:
     return _img(buffer.getvalue(), "image/png", f"stored image of {sample.key} (as PNG)", "original")
 
 
-def _teacher_dims(text: str) -> list[int]:
-    try:
-        return parse_teacher_dims(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.inspect", description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a shard, a glob of shards, or an output folder (local, gs://, s3://)")
@@ -141,13 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--show", type=int, default=DEFAULT_SHOW, help="samples shown in full")
     parser.add_argument(
         "--teacher-dims",
+        type=parse_teacher_dims,
         metavar="D1,D2",
         help="teacher widths, for shards without config.json (e.g. 768,768)",
     )
     args = parse_known_beam_args(parser, argv)  # any Beam filesystem option: --s3_endpoint_url, ...
-    dims = [int(d) for d in args.teacher_dims.split(",")] if args.teacher_dims else None
     overview = shard_report.load_overview(
-        args.path, limit=args.limit, sample_key=args.sample, teacher_dims=dims
+        args.path, limit=args.limit, sample_key=args.sample, teacher_dims=args.teacher_dims
     )
     if not overview.run.shards:
         print(f"no .tar shard found at {args.path}", file=sys.stderr)

@@ -12,6 +12,7 @@ its embeddings and parameters can be checked and shown.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -170,13 +171,13 @@ def iter_entries(shard: str) -> Iterator[ShardEntry]:
 
 
 def parse_teacher_dims(text: str) -> list[int]:
-    """`768,768` -> [768, 768]; argparse shows the ValueError's message to the user."""
+    """`768,768` -> [768, 768]: the `--teacher-dims` type of validate and inspect."""
     try:
         dims = [int(part) for part in text.split(",")]
     except ValueError:
-        raise ValueError(f"teacher widths look like 768,768, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"teacher widths look like 768,768, not {text!r}") from None
     if any(dim < 1 for dim in dims):
-        raise ValueError(f"teacher widths must be positive, not {text!r}")
+        raise argparse.ArgumentTypeError(f"teacher widths must be positive, not {text!r}")
     return dims
 
 

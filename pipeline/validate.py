@@ -519,13 +519,6 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _teacher_dims(text: str) -> list[int]:
-    try:
-        return parse_teacher_dims(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.validate", description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a shard, a glob of shards, or an output folder (local, gs://, s3://)")
@@ -534,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--teacher-dims",
-        type=_teacher_dims,
+        type=parse_teacher_dims,
         metavar="D1,D2",
         help="teacher widths, for shards without config.json (e.g. 768,768)",
     )
