@@ -66,17 +66,9 @@ class Student:
     def std(self) -> tuple[float, ...]:
         return tuple(float(x) for x in self.preprocess_cfg["std"])
 
-    @property
-    def context_length(self) -> int:
-        return int(self.model_cfg["text_cfg"].get("context_length", 77))
-
     def open_clip_config(self) -> dict[str, Any]:
         """The `open_clip_config.json` that makes a saved student loadable by open_clip."""
         return {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg}
-
-
-def available_students() -> list[str]:
-    return [TINY, *open_clip.list_models()]
 
 
 def create_student(name: str, *, pretrained: str | None = None, seed: int = 0) -> Student:
