@@ -58,15 +58,14 @@ class ShardWriter:
         parquet_path: str,
         layout: Layout = "v1",
         embedding_dtype: EmbeddingDtype = "fp32",
-        embedding_dim: int | None = None,
-        families: list[str] | None = None,
     ) -> None:
         self.tar_path = tar_path
         self.parquet_path = parquet_path
         self.layout = layout
         self.embedding_dtype = embedding_dtype
-        self.embedding_dim = embedding_dim
-        self.families = families
+        # Learnt from the first sample; the schema of an empty shard's parquet leaves them open.
+        self.embedding_dim: int | None = None
+        self.families: list[str] | None = None
         self.count = 0
         self._files: list[tuple[str, str, BinaryIO]] = []
         self._tar: Any = None
@@ -80,11 +79,7 @@ class ShardWriter:
         return self
 
     def _open(self, path: str) -> BinaryIO:
-        directory = storage.dirname(path)
-        if directory and not storage.exists(directory):
-            storage.FileSystems.mkdirs(directory)
-        tmp = storage.temporary_sibling(path)
-        f = storage.FileSystems.create(tmp, compression_type=storage.RAW)
+        tmp, f = storage.create_temporary(path)
         self._files.append((tmp, path, f))
         return f
 
@@ -140,16 +135,9 @@ class ShardWriter:
 
     def _vectors(self, arrays: list[np.ndarray], column_type: pa.DataType) -> pa.Array:
         """[n_i, D] arrays as a list<vector> column, or [1, D] ones as a plain vector column."""
-        dim = arrays[0].shape[1] if arrays else 0
-        flat = pa.array(np.concatenate([a.reshape(-1) for a in arrays]) if arrays else [], pa.float32())
-        vectors = (
-            pa.FixedSizeListArray.from_arrays(flat, dim)
-            if self.embedding_dim
-            else pa.ListArray.from_arrays(
-                pa.array(np.arange(0, len(flat) + 1, max(dim, 1)), pa.int32()), flat
-            )
-        )
-        if not pa.types.is_list(column_type) or column_type.value_type == pa.float32():
+        flat = pa.array(np.concatenate([a.reshape(-1) for a in arrays]), pa.float32())
+        vectors = pa.FixedSizeListArray.from_arrays(flat, self.embedding_dim)
+        if not pa.types.is_list(column_type):
             return vectors
         offsets = np.concatenate([[0], np.cumsum([a.shape[0] for a in arrays])]).astype(np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), vectors)

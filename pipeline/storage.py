@@ -70,20 +70,20 @@ def delete(path: str) -> None:
         FileSystems.delete([path])
 
 
-def temporary_sibling(path: str) -> str:
-    """A hidden name beside `path`: globs like `*.tar` never match it."""
+def create_temporary(path: str) -> tuple[str, BinaryIO]:
+    """Open a hidden sibling of `path` for writing (globs like `*.tar` never match it); `commit`
+    renames it into place. `path`'s folder is created if missing."""
     directory, name = FileSystems.split(path)
-    return FileSystems.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+    if directory and not FileSystems.exists(directory):
+        FileSystems.mkdirs(directory)
+    tmp = FileSystems.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+    return tmp, FileSystems.create(tmp, compression_type=RAW)
 
 
 @contextlib.contextmanager
 def atomic_write(path: str) -> Iterator[BinaryIO]:
     """Yield a binary file that appears as `path` only if the block exits cleanly."""
-    directory = dirname(path)
-    if directory and not FileSystems.exists(directory):
-        FileSystems.mkdirs(directory)
-    tmp = temporary_sibling(path)
-    f = FileSystems.create(tmp, compression_type=RAW)
+    tmp, f = create_temporary(path)
     try:
         yield f
         f.close()
