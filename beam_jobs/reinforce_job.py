@@ -45,7 +45,6 @@ _LOG = logging.getLogger(__name__)
 class JobOutcome:
     summary: RunSummary
     shards_already_done: int
-    shards_this_run: int
     written_this_run: int
     wall_seconds: float
     counters: dict[str, int]  # Beam metrics of this run (empty where the runner reports none, e.g. Dask)
@@ -153,7 +152,6 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
     return JobOutcome(
         summary=summarize(shards, stats),
         shards_already_done=len(inputs) - len(pending),
-        shards_this_run=len(done_now),
         written_this_run=sum(stats[s].num_written for s in done_now),
         wall_seconds=wall,
         counters=beam_counters(result),
