@@ -88,25 +88,9 @@ class RunFolder:
             self.problems.append((self.stats_path(shard), f"not a stats file: {error}"))
             return None
 
-    def errors(self, shard: str) -> list[dict[str, Any]]:
-        """The shard's errors-file records (`key`, `reason`, ...); empty when there is no such file."""
-        path = self.errors_path(shard)
-        if not storage.exists(path):
-            return []
-        records = []
-        for number, line in enumerate(storage.read_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                self.problems.append((path, f"line {number} is not JSON: {error}"))
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                self.problems.append((path, f"line {number} is not a JSON object"))
-        return records
+    def errors(self, shard: str) -> list[dict[str, Any]] | None:
+        """The shard's errors-file records (`key`, `reason`, ...); None when there is no such file."""
+        return _read_jsonl(self.errors_path(shard), self.problems)
 
     def teacher_slices(self) -> list[TeacherSlice] | None:
         """Per-teacher column ranges from config.json, or None when there is no usable config."""
@@ -136,7 +120,7 @@ def open_run(path: str) -> RunFolder:
         shards, root, is_folder = storage.match(storage.join(path, "*.tar")), path, True
     run = RunFolder(path=path, root=root, shards=shards, is_folder=is_folder)
     run.config = _read_json(run.config_path, run.problems)
-    run.manifest = _read_manifest(run.manifest_path, run.problems)
+    run.manifest = _read_jsonl(run.manifest_path, run.problems, required="shard")
     return run
 
 
@@ -220,20 +204,26 @@ def _read_json(path: str, problems: list[tuple[str, str]]) -> dict[str, Any] | N
     return data
 
 
-def _read_manifest(path: str, problems: list[tuple[str, str]]) -> list[dict[str, Any]] | None:
+def _read_jsonl(
+    path: str, problems: list[tuple[str, str]], *, required: str | None = None
+) -> list[dict[str, Any]] | None:
+    """The JSON objects of a JSON-lines file, None when it is missing. A line that is not an object,
+    or whose `required` field is not a string, is left out and recorded as a problem."""
     if not storage.exists(path):
         return None
-    entries = []
+    records = []
     for number, line in enumerate(storage.read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            entry = json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as error:
             problems.append((path, f"line {number} is not JSON: {error}"))
             continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("shard"), str):
-            problems.append((path, f"line {number} has no shard name"))
-            continue
-        entries.append(entry)
-    return entries
+        if not isinstance(record, dict):
+            problems.append((path, f"line {number} is not a JSON object"))
+        elif required is not None and not isinstance(record.get(required), str):
+            problems.append((path, f"line {number} has no {required}"))
+        else:
+            records.append(record)
+    return records

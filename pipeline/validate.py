@@ -36,7 +36,7 @@ from pipeline.run_folder import (
     slices_from_dims,
 )
 from pipeline.shard_format import V1_FAMILY, ReinforcedSample
-from pipeline.shard_stats import STATS_SUFFIX, ShardStats, shard_name
+from pipeline.shard_stats import ShardStats, committed_shards, shard_name
 from transforms.augmenter import DATACOMPDR_AUGMENTATION, ViewAugmenter
 from transforms.crop import check_box
 from transforms.decode import decode_image
@@ -154,7 +154,10 @@ class Validator:
     # -- run files --------------------------------------------------------------------------------
 
     def _any_stats(self) -> bool:
-        return any(storage.exists(self.run.stats_path(shard)) for shard in self.run.shards)
+        if not self.run.shards:
+            return False
+        committed = committed_shards(self.run.root)  # one listing, not one request per shard
+        return any(shard_name(shard) in committed for shard in self.run.shards)
 
     def _augmenter(self, config: dict[str, Any]) -> ViewAugmenter | None:
         """The run's view recipe; public shards follow DataCompDR's."""
@@ -223,12 +226,13 @@ class Validator:
                 self._check_stats(shard, stats, counts[shard])
             self._check_parquet(shard, counts[shard])
         if run.is_folder:
-            for stats_path in storage.match(storage.join(run.root, f"*{STATS_SUFFIX}")):
-                name = storage.basename(stats_path)[: -len(STATS_SUFFIX)]
-                if name not in tars:
-                    self.problem(
-                        stats_path, "", "missing_shard", f"stats commit shard {name}, whose tar is missing"
-                    )
+            for name in sorted(committed_shards(run.root) - set(tars)):
+                self.problem(
+                    run.stats_path(name),
+                    "",
+                    "missing_shard",
+                    f"stats commit shard {name}, whose tar is missing",
+                )
 
     def _check_stats(self, shard: str, stats: ShardStats, written: int) -> None:
         path = self.run.stats_path(shard)
@@ -244,7 +248,7 @@ class Validator:
                 f"num_read {stats.num_read} != num_written {stats.num_written} + skipped {stats.num_skipped}",
             )
         records = self.run.errors(shard)
-        if not storage.exists(self.run.errors_path(shard)):
+        if records is None:
             self.problem(self.run.errors_path(shard), "", "missing_run_file", "shard has no errors file")
             return
         by_reason = Counter(str(r.get("reason")) for r in records if not r.get("whole_shard"))
@@ -483,9 +487,10 @@ class Validator:
 
     def _check_raw_coverage(self, shard: str, written: set[str], raw: dict[str, tuple[str, str]]) -> None:
         """Every good raw sample is either written or recorded as skipped: nothing is lost silently."""
-        if not self.is_our_run or not storage.exists(self.run.errors_path(shard)):
+        records = self.run.errors(shard) if self.is_our_run else None
+        if records is None:
             return
-        recorded = {str(record.get("key")) for record in self.run.errors(shard)}
+        recorded = {str(record.get("key")) for record in records}
         for uid, (raw_key, _) in sorted(raw.items()):
             if uid not in written and uid not in recorded and raw_key not in recorded:
                 self.problem(
