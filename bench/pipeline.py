@@ -84,10 +84,11 @@ def random_checkpoint_spec(model_name: str, folder: Path, seed: int) -> str:
     """A random-init checkpoint of a built-in open_clip architecture, in `local-dir:` layout (cached)."""
     import open_clip
 
-    from teachers.tiny import WEIGHTS_FILE, local_dir_spec
+    from teachers.specs import OPEN_CLIP_WEIGHTS_FILE
+    from teachers.tiny import local_dir_spec
     from teachers.tiny import write_random_checkpoint as write
 
-    if not (folder / WEIGHTS_FILE).is_file():
+    if not (folder / OPEN_CLIP_WEIGHTS_FILE).is_file():
         preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
         # a peaked next-token distribution, like a trained captioner's (see teachers.tiny)
         gain = 6.0 if model_name.startswith("coca") else 1.0

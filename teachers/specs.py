@@ -24,6 +24,11 @@ import torch
 Backend = Literal["open_clip", "transformers"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
+# open_clip's own checkpoint-folder layout: the spec prefix and the two files such a folder holds.
+LOCAL_DIR = "local-dir:"
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
+
 _HUB_PROBE_TIMEOUT_S = 3.0
 
 
@@ -47,7 +52,7 @@ class ModelSpec:
     def is_local(self) -> bool:
         """True when loading needs no network at all."""
         if self.backend == "open_clip":
-            if self.model_id.startswith("local-dir:"):
+            if self.model_id.startswith(LOCAL_DIR):
                 return True
             return self.pretrained is not None and os.path.isfile(self.pretrained)
         return Path(self.model_id).is_dir()
@@ -58,8 +63,8 @@ def parse_spec(spec: str) -> ModelSpec:
     text = spec.strip()
     if not text:
         raise ValueError("empty model spec")
-    if text.startswith("local-dir:"):
-        path = text.removeprefix("local-dir:")
+    if text.startswith(LOCAL_DIR):
+        path = text.removeprefix(LOCAL_DIR)
         if not path:
             raise ValueError(f"{spec!r}: no path after 'local-dir:'")
         return ModelSpec(spec=spec, backend="open_clip", name=Path(path).name or path, model_id=text)
@@ -80,8 +85,8 @@ def parse_spec(spec: str) -> ModelSpec:
             raise ValueError(f"{spec!r}: expected 'ARCH@PRETRAINED', e.g. 'ViT-L-14@openai'")
         return ModelSpec(spec=spec, backend="open_clip", name=text, model_id=arch, pretrained=pretrained)
     folder = Path(text)
-    if (folder / "open_clip_config.json").is_file():
-        return ModelSpec(spec=spec, backend="open_clip", name=folder.name, model_id=f"local-dir:{text}")
+    if (folder / OPEN_CLIP_CONFIG_FILE).is_file():
+        return ModelSpec(spec=spec, backend="open_clip", name=folder.name, model_id=f"{LOCAL_DIR}{text}")
     if (folder / "config.json").is_file():
         return ModelSpec(spec=spec, backend="transformers", name=folder.name, model_id=text)
     raise ValueError(

@@ -21,8 +21,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
+from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHTS_FILE
 
 # The CLIP tokenizer's ids go up to 49407, so every text tower needs the full vocabulary; the widths
 # are what keeps these models small.
@@ -98,7 +97,7 @@ TINY_CAPTIONER = "coca"
 
 def local_dir_spec(path: str | Path) -> str:
     """The spec string that open_clip (and `teachers.parse_spec`) accepts for a checkpoint folder."""
-    return f"local-dir:{Path(path).resolve()}"
+    return f"{LOCAL_DIR}{Path(path).resolve()}"
 
 
 def _random_state_dict(
@@ -114,8 +113,10 @@ def _random_state_dict(
         torch.manual_seed(seed)
         with tempfile.TemporaryDirectory() as scratch:
             # Build through a config-only local-dir so the architecture comes from the same loader.
-            Path(scratch, CONFIG_FILE).write_text(json.dumps({"model_cfg": json.loads(config_json)}))
-            model = open_clip.create_model(f"local-dir:{scratch}", pretrained_text=False)
+            Path(scratch, OPEN_CLIP_CONFIG_FILE).write_text(
+                json.dumps({"model_cfg": json.loads(config_json)})
+            )
+            model = open_clip.create_model(f"{LOCAL_DIR}{scratch}", pretrained_text=False)
         # CoCa's constructor leaves the decoder's output projection as uninitialised memory (a real
         # checkpoint overwrites it, and open_clip's own init_parameters for it is broken in 3.3.0);
         # without this the bytes would differ from build to build.
@@ -145,14 +146,14 @@ def write_random_checkpoint(
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     if recipe is not None:
         config["tiny_recipe"] = recipe
-    _write_atomic(out / CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    _write_atomic(out / OPEN_CLIP_CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     state = _random_state_dict(model_cfg, seed, decoder_logit_gain)
     # The temporary name must not end in .safetensors, or open_clip could pick up a half-written file.
-    partial = out / (WEIGHTS_FILE + ".partial")
+    partial = out / (OPEN_CLIP_WEIGHTS_FILE + ".partial")
     # No metadata: safetensors writes it from a hash map, whose key order changes from run to run.
     save_file(state, str(partial))
     os.chmod(partial, 0o644)  # safetensors creates it private; workers may run as another user
-    os.replace(partial, out / WEIGHTS_FILE)
+    os.replace(partial, out / OPEN_CLIP_WEIGHTS_FILE)
     return out
 
 
@@ -180,8 +181,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _is_current(folder: Path, name: str) -> bool:
     """A folder is reused only if it holds weights and exactly today's config (else it is stale)."""
-    config = folder / CONFIG_FILE
-    return (folder / WEIGHTS_FILE).is_file() and config.is_file() and config.read_text() == _config_text(name)
+    config = folder / OPEN_CLIP_CONFIG_FILE
+    return (
+        (folder / OPEN_CLIP_WEIGHTS_FILE).is_file()
+        and config.is_file()
+        and config.read_text() == _config_text(name)
+    )
 
 
 def build_checkpoint(name: str, out_dir: str | Path) -> Path:

@@ -17,7 +17,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from pipeline import storage
-from trainer.students import CONFIG_FILE, WEIGHTS_FILE, Student
+from teachers.specs import OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHTS_FILE
+from trainer.students import Student
 
 CHECKPOINTS = "checkpoints"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -52,9 +53,11 @@ def save_checkpoint(
     """Write step_N/ (weights, open_clip config, optimizer, then state.json); keep the last `keep`."""
     folder = step_dir(output, state.step)
     weights = {name: t.detach().contiguous() for name, t in weights.items()}
-    storage.write_bytes_atomic(storage.join(folder, WEIGHTS_FILE), save_safetensors(_unaliased(weights)))
+    storage.write_bytes_atomic(
+        storage.join(folder, OPEN_CLIP_WEIGHTS_FILE), save_safetensors(_unaliased(weights))
+    )
     config = json.dumps(student.open_clip_config(), indent=2, sort_keys=True) + "\n"
-    storage.write_text_atomic(storage.join(folder, CONFIG_FILE), config)
+    storage.write_text_atomic(storage.join(folder, OPEN_CLIP_CONFIG_FILE), config)
     tensors, groups = _split_optimizer_state(optimizer.state_dict())
     storage.write_bytes_atomic(storage.join(folder, OPTIMIZER_FILE), save_safetensors(tensors))
     state.optimizer_groups = groups
@@ -86,7 +89,7 @@ def load_checkpoint(
     """Restore the optimizer in place; return the saved training state and the fp32 weights."""
     try:
         state = TrainingState(**json.loads(storage.read_text(storage.join(folder, STATE_FILE))))
-        weights = load_safetensors(storage.read_bytes(storage.join(folder, WEIGHTS_FILE)))
+        weights = load_safetensors(storage.read_bytes(storage.join(folder, OPEN_CLIP_WEIGHTS_FILE)))
         tensors = load_safetensors(storage.read_bytes(storage.join(folder, OPTIMIZER_FILE)))
     except Exception as error:
         raise CheckpointError(f"cannot read checkpoint {folder}: {type(error).__name__}: {error}") from error
@@ -125,12 +128,8 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], groups: list[dict[st
 
 
 def _delete_folder(folder: str) -> None:
-    for name in (
-        STATE_FILE,
-        OPTIMIZER_FILE,
-        WEIGHTS_FILE,
-        CONFIG_FILE,
-    ):  # state.json first: no half-checkpoint
+    # state.json first: a folder whose deletion is interrupted is no longer a checkpoint.
+    for name in (STATE_FILE, OPTIMIZER_FILE, OPEN_CLIP_WEIGHTS_FILE, OPEN_CLIP_CONFIG_FILE):
         storage.delete(storage.join(folder, name))
     try:
         storage.delete(folder)

@@ -24,8 +24,9 @@ import torch
 from beam_jobs.runners import parse_known_beam_args
 from pipeline import storage
 from pipeline.shard_format import IMAGE_MEMBERS, iter_members
+from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE
 from trainer.data import list_shards, skip_reason
-from trainer.students import LOCAL_DIR, Student, create_student
+from trainer.students import Student, create_student
 from transforms import decode_image
 
 CLASSNAMES_FILE = "classnames.txt"
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     args = parse_known_beam_args(parser, argv)  # also sets gs:// / s3:// endpoints and credentials
     name = args.checkpoint
-    if storage.exists(storage.join(name, "open_clip_config.json")) and not name.startswith(LOCAL_DIR):
+    if storage.exists(storage.join(name, OPEN_CLIP_CONFIG_FILE)) and not name.startswith(LOCAL_DIR):
         name = LOCAL_DIR + name
     student = create_student(name, pretrained=args.pretrained)
     print(json.dumps(evaluate_on(student, args.data, args.classnames, args.templates, args.limit)))

@@ -18,10 +18,9 @@ import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE
+
 TINY = "tiny"
-LOCAL_DIR = "local-dir:"
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
 
 # Small enough to train a few hundred steps in seconds on a shared CPU; the full CLIP vocabulary is kept
 # so the real tokenizer works, and a short context keeps the text tower cheap.
@@ -124,9 +123,9 @@ def _published_preprocess(name: str, pretrained: str | None) -> dict[str, Any]:
 
 
 def _load_local_dir(folder: str) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
-    config_path = Path(folder) / CONFIG_FILE
+    config_path = Path(folder) / OPEN_CLIP_CONFIG_FILE
     if not config_path.is_file():
-        raise StudentError(f"{folder} holds no {CONFIG_FILE}")
+        raise StudentError(f"{folder} holds no {OPEN_CLIP_CONFIG_FILE}")
     config = json.loads(config_path.read_text())
     try:
         model = open_clip.create_model(f"{LOCAL_DIR}{folder}")

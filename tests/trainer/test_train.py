@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from teachers.specs import OPEN_CLIP_WEIGHTS_FILE
 from trainer import train
 from trainer.checkpoint import completed_steps, step_dir
-from trainer.students import WEIGHTS_FILE
 
 FLAGS = ["--teacher-dims", "8,12", "--kd-logit-scales", "100,50", "--threads", "1"]
 
@@ -84,7 +84,7 @@ def test_the_run_leaves_a_step_log_a_plot_and_loadable_checkpoints(trained: Simp
     # The final checkpoint is a plain open_clip local-dir folder holding the trained weights.
     folder = step_dir(str(trained.run), trained.steps)
     model = open_clip.create_model(f"local-dir:{folder}")
-    saved = load_file(str(Path(folder) / WEIGHTS_FILE))
+    saved = load_file(str(Path(folder) / OPEN_CLIP_WEIGHTS_FILE))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
     assert float(model.logit_scale.detach().exp()) == pytest.approx(records[-1]["logit_scale"], rel=1e-5)
 
@@ -105,7 +105,7 @@ def test_the_run_reports_retrieval_and_zero_shot_on_the_heldout_set(trained: Sim
 
 
 def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(step_dir(str(run), step)) / WEIGHTS_FILE))
+    return load_file(str(Path(step_dir(str(run), step)) / OPEN_CLIP_WEIGHTS_FILE))
 
 
 def test_resuming_an_interrupted_run_gives_exactly_the_uninterrupted_result(
