@@ -1,13 +1,9 @@
-"""Resolve what a user points inspect/validate at, and read its shards and the run files beside them.
+"""Resolve what a user points inspect/validate at, and read the run files beside its shards.
 
 A PATH is one shard (`.../00000000.tar`), a glob of shards, or an output folder. Shards of our own
 runs sit beside `config.json`, `manifest.jsonl` and per-shard stats/errors files; public DataCompDR
 shards have none of these, so every run file here is optional and reading one never raises: a file
 that is missing or unreadable comes back as None plus a problem string for the validator to report.
-
-Public DataCompDR shards are published without images or original captions (users fetch the images
-from `url.txt` themselves); `iter_entries` still decodes such a sample, with empty image bytes, so
-its embeddings and parameters can be checked and shown.
 """
 
 from __future__ import annotations
@@ -15,20 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from pipeline import storage
 from pipeline.run_config import CONFIG_FILE
-from pipeline.shard_format import (
-    IMAGE_MEMBERS,
-    ReinforcedSample,
-    ShardFormatError,
-    decode_sample,
-    iter_members,
-)
 from pipeline.shard_stats import ERRORS_SUFFIX, MANIFEST_FILE, STATS_SUFFIX, ShardStats, shard_name
 
 _GLOB_CHARS = frozenset("*?[")
@@ -122,36 +110,6 @@ def open_run(path: str) -> RunFolder:
     run.config = _read_json(run.config_path, run.problems)
     run.manifest = _read_jsonl(run.manifest_path, run.problems, required="shard")
     return run
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardEntry:
-    """One sample of a shard as found: its member names, and the decoded sample or why it failed."""
-
-    key: str
-    members: frozenset[str]
-    sample: ReinforcedSample | None = None
-    error: ShardFormatError | None = None
-
-    @property
-    def has_image(self) -> bool:
-        return any(member in self.members for member in IMAGE_MEMBERS)
-
-
-def iter_entries(shard: str) -> Iterator[ShardEntry]:
-    """Every sample of a shard in tar order; a damaged tar ends with one `unreadable_tar` entry."""
-    try:
-        for members in iter_members(shard):
-            key = str(members.get("__key__", ""))
-            names = frozenset(name for name in members if not name.startswith("__"))
-            try:  # the published layout has no image: check everything but the image
-                yield ShardEntry(key, names, sample=decode_sample(members, require_image=False))
-            except ShardFormatError as error:
-                yield ShardEntry(key, names, error=error)
-    except Exception as error:  # truncated or not a tar: what came before was already yielded
-        yield ShardEntry(
-            "", frozenset(), error=ShardFormatError("unreadable_tar", f"{type(error).__name__}: {error}")
-        )
 
 
 def parse_teacher_dims(text: str) -> list[int]:

@@ -210,16 +210,41 @@ def iter_members(path: str) -> Iterator[dict[str, Any]]:
             yield members
 
 
-def iter_shard(path: str) -> Iterator[ReinforcedSample | ShardFormatError]:
-    """Every sample of a shard; a malformed one is yielded as its error so callers can count it."""
+@dataclasses.dataclass(frozen=True)
+class ShardEntry:
+    """One sample of a shard as found: its member names, and the decoded sample or why it failed."""
+
+    key: str
+    members: frozenset[str]
+    sample: ReinforcedSample | None = None
+    error: ShardFormatError | None = None
+
+    @property
+    def has_image(self) -> bool:
+        return any(member in self.members for member in IMAGE_MEMBERS)
+
+
+def iter_entries(path: str, *, require_image: bool = True) -> Iterator[ShardEntry]:
+    """Every sample of a shard in tar order; a truncated or unreadable tar keeps what came before and
+    ends with one `unreadable_tar` entry."""
     try:
         for members in iter_members(path):
+            key = str(members.get("__key__", ""))
+            names = frozenset(name for name in members if not name.startswith("__"))
             try:
-                yield decode_sample(members)
+                yield ShardEntry(key, names, sample=decode_sample(members, require_image=require_image))
             except ShardFormatError as error:
-                yield error
-    except Exception as error:  # a truncated or unreadable tar: keep what came before
-        yield ShardFormatError("unreadable_tar", f"{type(error).__name__}: {error}")
+                yield ShardEntry(key, names, error=error)
+    except Exception as error:
+        yield ShardEntry(
+            "", frozenset(), error=ShardFormatError("unreadable_tar", f"{type(error).__name__}: {error}")
+        )
+
+
+def iter_shard(path: str) -> Iterator[ReinforcedSample | ShardFormatError]:
+    """Every sample of a shard; a malformed one is yielded as its error so callers can count it."""
+    for entry in iter_entries(path):
+        yield entry.sample if entry.sample is not None else entry.error
 
 
 def write_shard(

@@ -20,14 +20,12 @@ from matplotlib.patches import Rectangle
 
 from pipeline.run_folder import (
     RunFolder,
-    ShardEntry,
     TeacherSlice,
     infer_slices,
-    iter_entries,
     open_run,
     slices_from_dims,
 )
-from pipeline.shard_format import ReinforcedSample, iter_members
+from pipeline.shard_format import ReinforcedSample, ShardEntry, iter_entries, iter_members
 from pipeline.shard_stats import ShardStats, shard_name
 from transforms import (
     DATACOMPDR_AUGMENTATION,
@@ -159,7 +157,7 @@ def _entries(run: RunFolder, limit: int, sample_key: str | None) -> Iterator[Sha
     """The first `limit` entries, then, if `sample_key` was not among them, that sample alone."""
     taken, found = 0, sample_key is None
     for shard in run.shards:
-        for entry in iter_entries(shard):
+        for entry in iter_entries(shard, require_image=False):  # published shards carry no image
             if taken < limit:
                 taken += 1
                 found = found or entry.key == sample_key

@@ -27,15 +27,13 @@ from pipeline import storage
 from pipeline.raw_shards import RawSample, iter_raw_shard
 from pipeline.run_folder import (
     RunFolder,
-    ShardEntry,
     TeacherSlice,
     infer_slices,
-    iter_entries,
     open_run,
     parse_teacher_dims,
     slices_from_dims,
 )
-from pipeline.shard_format import V1_FAMILY, ReinforcedSample
+from pipeline.shard_format import V1_FAMILY, ReinforcedSample, ShardEntry, iter_entries
 from pipeline.shard_stats import ShardStats, committed_shards, shard_name
 from transforms.augmenter import DATACOMPDR_AUGMENTATION, ViewAugmenter
 from transforms.crop import check_box
@@ -289,7 +287,7 @@ class Validator:
         raw = self._raw_digests(shard) if self.raw_dir else None
         seen: set[str] = set()
         count = 0
-        for entry in iter_entries(shard):
+        for entry in iter_entries(shard, require_image=False):  # published shards carry no image
             if entry.error is not None and entry.error.reason == "unreadable_tar":
                 self.problem(shard, "", "unreadable_tar", entry.error.detail)
                 continue
