@@ -85,13 +85,13 @@ def random_checkpoint_spec(model_name: str, folder: Path, seed: int) -> str:
     import open_clip
 
     from teachers.specs import OPEN_CLIP_WEIGHTS_FILE
-    from teachers.tiny import local_dir_spec
+    from teachers.tiny import PEAKED_DECODER_LOGIT_GAIN, local_dir_spec
     from teachers.tiny import write_random_checkpoint as write
 
     if not (folder / OPEN_CLIP_WEIGHTS_FILE).is_file():
         preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
         # a peaked next-token distribution, like a trained captioner's (see teachers.tiny)
-        gain = 6.0 if model_name.startswith("coca") else 1.0
+        gain = PEAKED_DECODER_LOGIT_GAIN if model_name.startswith("coca") else 1.0
         write(folder, open_clip.get_model_config(model_name), preprocess, seed=seed, decoder_logit_gain=gain)
     return local_dir_spec(folder)
 

@@ -19,7 +19,7 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHTS_FILE
 
@@ -88,7 +88,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 # The tiny CoCa's vocabulary projection is drawn this much wider than open_clip's init, so that its
 # next-token distributions are peaked (a nucleus of tens of tokens) like a trained captioner's instead
 # of flat over all 49,408 tokens: tests and the demo then exercise the realistic sampling path.
-_DECODER_LOGIT_GAIN = 6.0
+PEAKED_DECODER_LOGIT_GAIN = 6.0
 
 TINY_NAMES: tuple[str, ...] = tuple(TINY_CONFIGS)
 TINY_TEACHERS: tuple[str, ...] = ("clip-a", "clip-b")
@@ -108,14 +108,11 @@ def _random_state_dict(
     Module constructors only draw from torch's global generator, so it is forked: nothing outside
     this function sees the seed or loses its own random state.
     """
-    config_json = json.dumps(model_cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with tempfile.TemporaryDirectory() as scratch:
             # Build through a config-only local-dir so the architecture comes from the same loader.
-            Path(scratch, OPEN_CLIP_CONFIG_FILE).write_text(
-                json.dumps({"model_cfg": json.loads(config_json)})
-            )
+            Path(scratch, OPEN_CLIP_CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg}))
             model = open_clip.create_model(f"{LOCAL_DIR}{scratch}", pretrained_text=False)
         # CoCa's constructor leaves the decoder's output projection as uninitialised memory (a real
         # checkpoint overwrites it, and open_clip's own init_parameters for it is broken in 3.3.0);
@@ -125,6 +122,22 @@ def _random_state_dict(
             torch.nn.init.normal_(decoder.text_projection, std=decoder_logit_gain * decoder.width**-0.5)
     # safetensors refuses aliased storage; each tensor gets its own contiguous copy.
     return {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
+
+
+def _config_text(
+    model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], recipe: dict[str, Any] | None
+) -> str:
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    if recipe is not None:
+        config["tiny_recipe"] = recipe
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # The temporary name must not end in .safetensors, or open_clip could pick up a half-written file.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def write_random_checkpoint(
@@ -143,50 +156,25 @@ def write_random_checkpoint(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-    if recipe is not None:
-        config["tiny_recipe"] = recipe
-    _write_atomic(out / OPEN_CLIP_CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    _write_atomic(out / OPEN_CLIP_CONFIG_FILE, _config_text(model_cfg, preprocess_cfg, recipe).encode())
     state = _random_state_dict(model_cfg, seed, decoder_logit_gain)
-    # The temporary name must not end in .safetensors, or open_clip could pick up a half-written file.
-    partial = out / (OPEN_CLIP_WEIGHTS_FILE + ".partial")
     # No metadata: safetensors writes it from a hash map, whose key order changes from run to run.
-    save_file(state, str(partial))
-    os.chmod(partial, 0o644)  # safetensors creates it private; workers may run as another user
-    os.replace(partial, out / OPEN_CLIP_WEIGHTS_FILE)
+    _write_atomic(out / OPEN_CLIP_WEIGHTS_FILE, save(state))
     return out
 
 
 def _recipe(name: str) -> dict[str, Any]:
+    """Recorded in the config, so that a folder built by an older recipe is recognised and rebuilt."""
     seed = TINY_CONFIGS[name]["seed"]
-    return {"name": name, "seed": seed, "decoder_logit_gain": _DECODER_LOGIT_GAIN, "revision": 2}
-
-
-def _config_text(name: str) -> str:
-    spec = TINY_CONFIGS[name]
-    # The recipe is recorded so that a folder built by an older recipe is recognised and rebuilt.
-    config = {
-        "model_cfg": spec["model_cfg"],
-        "preprocess_cfg": spec["preprocess_cfg"],
-        "tiny_recipe": _recipe(name),
-    }
-    return json.dumps(config, indent=2, sort_keys=True) + "\n"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    return {"name": name, "seed": seed, "decoder_logit_gain": PEAKED_DECODER_LOGIT_GAIN, "revision": 2}
 
 
 def _is_current(folder: Path, name: str) -> bool:
     """A folder is reused only if it holds weights and exactly today's config (else it is stale)."""
     config = folder / OPEN_CLIP_CONFIG_FILE
-    return (
-        (folder / OPEN_CLIP_WEIGHTS_FILE).is_file()
-        and config.is_file()
-        and config.read_text() == _config_text(name)
-    )
+    spec = TINY_CONFIGS[name]
+    expected = _config_text(spec["model_cfg"], spec["preprocess_cfg"], _recipe(name))
+    return (folder / OPEN_CLIP_WEIGHTS_FILE).is_file() and config.is_file() and config.read_text() == expected
 
 
 def build_checkpoint(name: str, out_dir: str | Path) -> Path:
@@ -197,7 +185,7 @@ def build_checkpoint(name: str, out_dir: str | Path) -> Path:
         spec["model_cfg"],
         spec["preprocess_cfg"],
         seed=spec["seed"],
-        decoder_logit_gain=_DECODER_LOGIT_GAIN,
+        decoder_logit_gain=PEAKED_DECODER_LOGIT_GAIN,
         recipe=_recipe(name),
     )
 
