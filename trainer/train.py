@@ -23,6 +23,7 @@ import torch
 
 from beam_jobs.runners import parse_known_beam_args
 from pipeline import storage
+from pipeline.run_folder import parse_teacher_dims
 from trainer import checkpoint as ckpt
 from trainer.data import (
     DEFAULT_SHUFFLE_BUFFER,
@@ -93,7 +94,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--config", default=None, help="the reinforcement run's config.json (default: beside the data)"
     )
-    p.add_argument("--teacher-dims", type=_ints, default=None, help="e.g. 768,768; overrides the config")
+    p.add_argument(
+        "--teacher-dims", type=parse_teacher_dims, default=None, help="e.g. 768,768; overrides the config"
+    )
     p.add_argument("--kd-logit-scales", type=_floats, default=None, help="e.g. 100,100; overrides the config")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.2)
@@ -146,10 +149,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if problems:
         p.error("; ".join(problems))
     return args
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def _floats(text: str) -> list[float]:
