@@ -61,6 +61,8 @@ def load_eval_set(patterns: Sequence[str], student: Student, limit: int | None =
     images, captions, labels = [], [], []
     skipped: collections.Counter[str] = collections.Counter()
     for shard in list_shards(patterns):
+        if limit is not None and len(images) >= limit:
+            break  # else every later shard would still be opened and its first sample read
         try:
             for members in iter_members(shard):
                 if limit is not None and len(images) >= limit:
