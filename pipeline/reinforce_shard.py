@@ -31,7 +31,7 @@ from PIL import Image
 from pipeline.raw_shards import RawSample, SkippedSample, SkipReason, iter_raw_shard
 from pipeline.run_config import ReinforceSettings
 from pipeline.shard_format import ReinforcedSample
-from pipeline.shard_stats import ShardStats, SkipRecord, output_paths, shard_name, write_shard_outcome
+from pipeline.shard_stats import ShardStats, output_paths, shard_name, write_shard_outcome
 from pipeline.shard_writer import ShardWriter
 from transforms import (
     AugmentationError,
@@ -121,12 +121,15 @@ def reinforce_shard(
     shard = shard_name(input_path)
     paths = output_paths(settings.output_dir, shard)
     stats = ShardStats(shard=shard, input_path=input_path)
-    skips: list[SkipRecord] = []
+    skips: list[SkippedSample] = []
     clock = _Clock()
 
-    def skip(key: str, reason: str, detail: str = "") -> None:
-        skips.append(SkipRecord(key, reason, detail))
-        stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+    def skip(item: SkippedSample) -> None:
+        skips.append(item)
+        if item.whole_shard:  # damage to the shard itself, not a sample
+            stats.shard_errors[item.reason] = stats.shard_errors.get(item.reason, 0) + 1
+        else:
+            stats.skipped[item.reason] = stats.skipped.get(item.reason, 0) + 1
 
     with ShardWriter(
         paths["tar"], paths["parquet"], layout=settings.layout, embedding_dtype=settings.embedding_dtype
@@ -138,12 +141,11 @@ def reinforce_shard(
                 # Possibly transient (a flaky bucket, a missing mount): leave the shard uncommitted.
                 raise ShardUnreadableError(f"{input_path}: {item.detail}")
             if isinstance(item, SkippedSample) and item.whole_shard:
-                skips.append(SkipRecord(item.key, item.reason, item.detail, whole_shard=True))
-                stats.shard_errors[item.reason] = stats.shard_errors.get(item.reason, 0) + 1
+                skip(item)
                 continue
             stats.num_read += 1
             if isinstance(item, SkippedSample):
-                skip(item.key, item.reason, item.detail)
+                skip(item)
             else:
                 stream.add(item)
         stream.finish()
@@ -278,7 +280,7 @@ class _SampleStream:
         settings: ReinforceSettings,
         models: ShardModels,
         writer: ShardWriter,
-        skip: Callable[[str, str, str], None],
+        skip: Callable[[SkippedSample], None],
         clock: _Clock,
         on_batch: Callable[[int], None] | None,
     ) -> None:
@@ -328,7 +330,9 @@ class _SampleStream:
         for prepared, result in zip(group, results, strict=True):
             if not (isinstance(result, list) and len(result) == settings.num_captions):
                 why = f"{getattr(result, 'reason', '')} {getattr(result, 'detail', '')}".strip()
-                self._skip(prepared.raw.key, CAPTION_FAILED, why[:200] or "wrong number of captions")
+                self._skip(
+                    SkippedSample(prepared.raw.key, CAPTION_FAILED, why[:200] or "wrong number of captions")
+                )
                 continue
             self._waiting.append((prepared, result))
             self._images.push(list(prepared.views))

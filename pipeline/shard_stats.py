@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline import storage
+from pipeline.raw_shards import SkippedSample
 
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -47,24 +48,16 @@ def remove_stale_temporaries(output_dir: str, shard: str) -> int:
     return len(stale)
 
 
-@dataclasses.dataclass(frozen=True)
-class SkipRecord:
+def _skip_json(record: SkippedSample) -> str:
     """One line of the errors file: which sample (or, whole_shard, which shard) and why."""
-
-    key: str
-    reason: str
-    detail: str = ""
-    whole_shard: bool = False
-
-    def to_json(self) -> str:
-        record: dict[str, Any] = {"key": self.key, "reason": self.reason}
-        if self.detail:
-            # Library messages can name objects by address ("<_io.BytesIO object at 0x7f...>"), which
-            # would make the errors file differ between identical runs.
-            record["detail"] = _ADDRESS.sub("", self.detail)
-        if self.whole_shard:
-            record["whole_shard"] = True
-        return json.dumps(record, ensure_ascii=False, sort_keys=True)
+    line: dict[str, Any] = {"key": record.key, "reason": record.reason}
+    if record.detail:
+        # Library messages can name objects by address ("<_io.BytesIO object at 0x7f...>"), which
+        # would make the errors file differ between identical runs.
+        line["detail"] = _ADDRESS.sub("", record.detail)
+    if record.whole_shard:
+        line["whole_shard"] = True
+    return json.dumps(line, ensure_ascii=False, sort_keys=True)
 
 
 @dataclasses.dataclass
@@ -106,10 +99,10 @@ class ShardStats:
         )
 
 
-def write_shard_outcome(output_dir: str, stats: ShardStats, skips: Iterable[SkipRecord]) -> None:
+def write_shard_outcome(output_dir: str, stats: ShardStats, skips: Iterable[SkippedSample]) -> None:
     """Errors file, then the stats file, which commits the shard."""
     paths = output_paths(output_dir, stats.shard)
-    lines = "".join(record.to_json() + "\n" for record in skips)
+    lines = "".join(_skip_json(record) + "\n" for record in skips)
     storage.write_bytes_atomic(paths["errors"], lines.encode("utf-8"))
     storage.write_bytes_atomic(paths["stats"], (json.dumps(stats.to_dict(), indent=2) + "\n").encode())
 

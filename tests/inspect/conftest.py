@@ -27,7 +27,7 @@ import pytest
 from pipeline.raw_shards import RawSample, SkippedSample, iter_raw_shard
 from pipeline.run_config import config_bytes
 from pipeline.shard_format import ReinforcedSample, write_shard
-from pipeline.shard_stats import ShardStats, SkipRecord, finalize_run, write_shard_outcome
+from pipeline.shard_stats import ShardStats, finalize_run, write_shard_outcome
 from pipeline.shard_writer import ShardWriter
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter, decode_image, encode_param_aug, view_rng
 
@@ -108,18 +108,18 @@ def run_config(spec: RunSpec) -> dict:
 
 def build_samples(
     raw_dir: Path, shard: str, spec: RunSpec
-) -> tuple[list[ReinforcedSample], list[SkipRecord], int]:
+) -> tuple[list[ReinforcedSample], list[SkippedSample], int]:
     """(samples, skip records, samples read) of one raw shard; skips beyond max_samples are 'test_limit'."""
     samples, skips, read = [], [], 0
     for item in iter_raw_shard(str(raw_dir / shard)):
         if isinstance(item, SkippedSample):
             if not item.whole_shard:
                 read += 1
-                skips.append(SkipRecord(item.key, item.reason, item.detail))
+                skips.append(item)
             continue
         read += 1
         if spec.max_samples is not None and len(samples) >= spec.max_samples:
-            skips.append(SkipRecord(item.key, "test_limit"))
+            skips.append(SkippedSample(item.key, "test_limit"))
             continue
         samples.append(reinforce_raw(item, spec))
     return samples, skips, read

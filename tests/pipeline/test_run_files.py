@@ -8,6 +8,7 @@ import json
 import pytest
 
 from pipeline.presets import PRESETS, resolve_preset
+from pipeline.raw_shards import SkippedSample
 from pipeline.run_config import (
     ConfigError,
     ReinforceSettings,
@@ -16,7 +17,6 @@ from pipeline.run_config import (
 )
 from pipeline.shard_stats import (
     ShardStats,
-    SkipRecord,
     committed_shards,
     finalize_run,
     output_paths,
@@ -98,7 +98,7 @@ def test_stats_commit_a_shard_and_feed_manifest_and_summary(tmp_path):
     stats.skipped = {"image_undecodable": 1, "duplicate_key": 1}
     stats.seconds = {"embed_images": 1.5}
     assert committed_shards(out) == set()
-    write_shard_outcome(out, stats, [SkipRecord("k1", "image_undecodable", "not an image")])
+    write_shard_outcome(out, stats, [SkippedSample("k1", "image_undecodable", "not an image")])
     assert committed_shards(out) == {"00000007"}
     assert read_shard_stats(out, "00000007") == stats
     errors = (tmp_path / "00000007_errors.jsonl").read_text().splitlines()
