@@ -232,7 +232,7 @@ def _decode_slots(entry: list[Any]) -> ViewParams:
         else:
             raise InvalidParamsError(f"cannot place slot {slot!r} after steps {steps} in {entry!r}")
         steps.append(step)
-    return _build(crop, ops, flip, erase, tuple(steps))
+    return ViewParams(crop=crop, ops=ops, flip=flip, erase=erase, steps=tuple(steps))
 
 
 def _decode_flat(entry: list[Any]) -> ViewParams:
@@ -240,9 +240,9 @@ def _decode_flat(entry: list[Any]) -> ViewParams:
         raise InvalidParamsError(f"a flat entry must be [i, j, h, w, op, mag, ...], got {entry!r}")
     crop = _box(entry[:4], "crop box")
     if len(entry) == 4:
-        return _build(crop, None, None, None, (CROP,))
+        return ViewParams(crop=crop, ops=None, steps=(CROP,))
     ops = tuple(_op(entry[k : k + 2]) for k in range(4, len(entry), 2))
-    return _build(crop, ops, None, None, DATACOMPDR_STEPS)
+    return ViewParams(crop=crop, ops=ops, steps=DATACOMPDR_STEPS)
 
 
 def _decode_dict(entry: dict[str, Any]) -> ViewParams:
@@ -255,12 +255,10 @@ def _decode_dict(entry: dict[str, Any]) -> ViewParams:
     if FLIP in entry and not isinstance(flip, bool):
         raise InvalidParamsError(f"flip must be a bool, got {flip!r}")
     steps = tuple(step for step in STEP_ORDER if step in entry)
-    return _build(
-        _box(entry[CROP], "crop box"), _ops(entry.get(RAND_AUGMENT)), flip, _erase(entry.get(ERASE)), steps
+    return ViewParams(
+        crop=_box(entry[CROP], "crop box"),
+        ops=_ops(entry.get(RAND_AUGMENT)),
+        flip=flip,
+        erase=_erase(entry.get(ERASE)),
+        steps=steps,
     )
-
-
-def _build(
-    crop: Box, ops: tuple[Op, ...] | None, flip: bool | None, erase: Box | None, steps: tuple[str, ...]
-) -> ViewParams:
-    return ViewParams(crop=crop, ops=ops, flip=flip, erase=erase, steps=steps)
