@@ -102,8 +102,7 @@ class _Clock:
 
 def skip_reason_for_image_error(exc: BadImageError | AugmentationError) -> str:
     """Image problems counted as `image_<reason>` (image_undecodable, image_too_many_pixels, ...)."""
-    reason = getattr(exc, "reason", "") or "invalid"
-    return reason if reason.startswith("image_") else f"image_{reason}"
+    return exc.reason if exc.reason.startswith("image_") else f"image_{exc.reason}"
 
 
 def caption_seed(seed: int, uid: str) -> int:
