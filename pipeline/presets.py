@@ -32,6 +32,17 @@ class Preset:
     num_captions: int
 
 
+_DATACOMPDR12M = Preset(
+    name="datacompdr12m",
+    summary="DataCompDR-12M: 2x ViT-L-14 (openai, datacomp_xl), CoCa ViT-L-14, 30 views, 5 captions",
+    teachers=_DATACOMP_TEACHERS,
+    kd_logit_scales=(100.0, 100.0),
+    captioner=_DATACOMP_CAPTIONER,
+    num_views=30,
+    num_captions=5,
+)
+
+
 PRESETS: dict[str, Preset] = {
     TINY: Preset(
         name=TINY,
@@ -42,23 +53,13 @@ PRESETS: dict[str, Preset] = {
         num_views=4,
         num_captions=2,
     ),
-    "datacompdr12m": Preset(
-        name="datacompdr12m",
-        summary="DataCompDR-12M: 2x ViT-L-14 (openai, datacomp_xl), CoCa ViT-L-14, 30 views, 5 captions",
-        teachers=_DATACOMP_TEACHERS,
-        kd_logit_scales=(100.0, 100.0),
-        captioner=_DATACOMP_CAPTIONER,
-        num_views=30,
-        num_captions=5,
-    ),
-    "datacompdr1b": Preset(
+    "datacompdr12m": _DATACOMPDR12M,
+    # DataCompDR-1B differs from 12M only in the number of views.
+    "datacompdr1b": dataclasses.replace(
+        _DATACOMPDR12M,
         name="datacompdr1b",
         summary="DataCompDR-1B: the 12M teachers and captioner, 10 views, 5 captions",
-        teachers=_DATACOMP_TEACHERS,
-        kd_logit_scales=(100.0, 100.0),
-        captioner=_DATACOMP_CAPTIONER,
         num_views=10,
-        num_captions=5,
     ),
     "mobileclip2": Preset(
         name="mobileclip2",
