@@ -11,7 +11,7 @@ DEMO_OUT ?= out/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env test lint demo train-demo checkpoints samples browser bench clean
+.PHONY: env test test-fast lint demo train-demo checkpoints samples browser bench clean
 
 env: $(STAMP)
 
@@ -28,7 +28,7 @@ checkpoints: $(STAMP)
 	$(PY) -m teachers.tiny --out $(CHECKPOINTS)
 
 samples: $(STAMP)
-	$(PY) -m pipeline.sample_shards --out samples/raw
+	$(PY) -m tools.sample_shards --out samples/raw
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -42,6 +42,10 @@ browser:
 
 test: $(STAMP) browser lint
 	$(PY) -m pytest -q
+
+# The edit loop: everything but the tests marked slow (runners, browser, notebook, kill/resume, S3).
+test-fast: $(STAMP) lint
+	$(PY) -m pytest -q -m 'not slow'
 
 demo: $(STAMP) checkpoints
 	$(PY) -m pipeline.reinforce --input 'samples/raw/*.tar' --output $(DEMO_OUT) \

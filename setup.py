@@ -21,7 +21,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["pipeline*", "teachers*", "transforms*", "beam_jobs*", "trainer*"]),
+    packages=find_packages(
+        include=["shards*", "pipeline*", "teachers*", "transforms*", "beam_jobs*", "inspection*", "trainer*"]
+    ),
     install_requires=pinned("requirements.txt"),
     extras_require={"dev": pinned("requirements-dev.txt")},
 )

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from pipeline.run_config import ReinforceSettings
-from pipeline.shard_stats import finalize_run
+from pipeline.settings import ReinforceSettings
+from shards.run_folder import finalize_run
 
 NAMESPACE = "datacompdr"
 _LOG = logging.getLogger(__name__)
@@ -40,8 +41,15 @@ class _ModelsHolder:
 class ReinforceShardFn(beam.DoFn):
     """Input: a raw shard path. Output: the shard's name once its stats file (the commit) is written."""
 
-    def __init__(self, settings: ReinforceSettings, threads: int, sharing: int) -> None:
+    def __init__(
+        self,
+        settings: ReinforceSettings,
+        threads: int,
+        sharing: int,
+        load_models: Callable[[ReinforceSettings], Any],
+    ) -> None:
         self._settings = settings
+        self._load_models = load_models
         self._threads = threads
         self._sharing = sharing
         self._shared = shared.Shared()
@@ -60,11 +68,9 @@ class ReinforceShardFn(beam.DoFn):
     def setup(self) -> None:
         import torch
 
-        from pipeline.worker_models import load_models
-
         torch.set_num_threads(worker_threads(self._threads, self._sharing))
-        settings = self._settings
-        self._holder = self._shared.acquire(lambda: _ModelsHolder(load_models(settings)), tag=self._tag())
+        settings, load = self._settings, self._load_models
+        self._holder = self._shared.acquire(lambda: _ModelsHolder(load(settings)), tag=self._tag())
 
     def _counter(self, name: str) -> Any:
         if name not in self._counters:

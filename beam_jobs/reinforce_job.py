@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
@@ -24,19 +25,22 @@ from beam_jobs.runners import (
     create_runner,
     is_local,
     local_worker_processes,
-    unusable_beam_args,
 )
-from pipeline import storage
 from pipeline.progress import ShardProgress
-from pipeline.run_config import ConfigError, ReinforceSettings, build_run_config, write_or_check_run_config
-from pipeline.shard_stats import (
+from pipeline.reinforce_shard import ShardModels
+from pipeline.settings import ReinforceSettings, build_run_config
+from pipeline.worker_models import load_models as load_worker_models
+from shards import storage
+from shards.run_config import ConfigError, write_or_check_run_config
+from shards.run_folder import (
     RunSummary,
     committed_shards,
     committed_stats,
     remove_stale_temporaries,
     shard_name,
-    summarize,
+    summarize_run,
 )
+from shards.storage import unusable_beam_args
 
 _LOG = logging.getLogger(__name__)
 
@@ -98,10 +102,18 @@ def describe_run(settings: ReinforceSettings, models: Any) -> dict[str, Any]:
     )
 
 
-def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress: bool = True) -> JobOutcome:
-    """Run (or resume) the job; raises ConfigError / ModelLoadError before any work when misconfigured."""
-    from pipeline.worker_models import load_models
+def run_job(
+    settings: ReinforceSettings,
+    beam_args: list[str],
+    *,
+    show_progress: bool = True,
+    load_models: Callable[[ReinforceSettings], ShardModels] = load_worker_models,
+) -> JobOutcome:
+    """Run (or resume) the job; raises ConfigError / ModelLoadError before any work when misconfigured.
 
+    `load_models` is what every worker (and the launcher, to describe the models) calls once: the
+    teachers and captioner by default; benchmarks pass stand-ins.
+    """
     unusable = unusable_beam_args(beam_args)
     if unusable:
         raise ConfigError(
@@ -124,7 +136,7 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
 
     ours = options.view_as(ReinforceWorkerOptions)
     sharing = ours.workers_per_machine or local_worker_processes(options)
-    shard_fn = ReinforceShardFn(settings, ours.model_threads, sharing)
+    shard_fn = ReinforceShardFn(settings, ours.model_threads, sharing, load_models)
     local = is_local(options)
     # The in-process worker uses the launcher's copy instead of loading a second one.
     adopted = shard_fn.adopt(models) if local and local_worker_processes(options) == 1 else None
@@ -150,7 +162,7 @@ def run_job(settings: ReinforceSettings, beam_args: list[str], *, show_progress:
     stats = committed_stats(settings.output_dir, shards)
     done_now = [shard_name(p) for p in pending if shard_name(p) in stats]
     return JobOutcome(
-        summary=summarize(shards, stats),
+        summary=summarize_run(shards, stats),
         shards_already_done=len(inputs) - len(pending),
         written_this_run=sum(stats[s].num_written for s in done_now),
         wall_seconds=wall,

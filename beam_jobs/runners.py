@@ -8,14 +8,10 @@ still honours `--direct_num_workers` and `--direct_running_mode`.
 
 from __future__ import annotations
 
-import argparse
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-
-from pipeline import storage
 
 DIRECT_ALIASES = frozenset({"DirectRunner", "FnApiRunner", "SwitchingDirectRunner"})
 DASK = "DaskRunner"
@@ -73,35 +69,3 @@ def local_worker_processes(options: PipelineOptions) -> int:
     if workers == 0:  # Beam's "one per core"
         return os.cpu_count() or 1
     return max(1, workers or 1)
-
-
-def parse_known_beam_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Our flags into the namespace; the rest, as `beam_args`, must be Beam options (typos are refused)
-    and set the filesystem options of this process, so gs:// and s3:// paths work in every CLI."""
-    args, beam_args = parser.parse_known_args(argv)
-    unusable = unusable_beam_args(beam_args)
-    if unusable:
-        parser.error(f"unrecognized arguments: {' '.join(unusable)}")
-    storage.use_filesystem_options(beam_args)
-    args.beam_args = beam_args
-    return args
-
-
-def unusable_beam_args(beam_args: list[str]) -> list[str]:
-    """Arguments neither we nor Beam understand: Beam would drop them with a log line, we refuse them.
-
-    A mistyped flag (`--num-view 3`) or an unquoted glob that the shell expanded into several paths
-    would otherwise run a job with settings the user did not ask for.
-    """
-    if any(arg in ("--runner=DaskRunner", DASK) for arg in beam_args):
-        import apache_beam.runners.dask.dask_runner  # noqa: F401  (registers the --dask_* options)
-    known = PipelineOptions(beam_args).get_all_options(display_warnings=False)
-    retained = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True, display_warnings=False)
-    unknown = [f"--{name}" for name in sorted(set(retained) - set(known))]
-    stray = [
-        arg
-        for i, arg in enumerate(beam_args)
-        if not arg.startswith("-")
-        and (i == 0 or not beam_args[i - 1].startswith("--") or "=" in beam_args[i - 1])
-    ]
-    return unknown + stray

@@ -46,7 +46,7 @@ def log(message: str) -> None:
 
 def bundled_samples() -> list[list[tuple[str, bytes]]]:
     """The bundled raw shards' samples, each as its list of (member name, bytes)."""
-    from pipeline.raw_shards import split_member_name
+    from shards.raw import split_member_name
 
     samples: dict[str, list[tuple[str, bytes]]] = {}
     for shard in sorted(SAMPLES.glob("*.tar")):
@@ -112,7 +112,7 @@ def b32_settings(cache: Path) -> dict[str, Any]:
 
 
 def settings_for(name: str, raw: Path, out: Path, models: dict[str, Any], batch_size: int):
-    from pipeline.run_config import ReinforceSettings
+    from pipeline.settings import ReinforceSettings
 
     return ReinforceSettings(
         input_pattern=str(raw / "*.tar"),
@@ -129,8 +129,8 @@ def settings_for(name: str, raw: Path, out: Path, models: dict[str, Any], batch_
 
 def model_compute_seconds(settings: Any, loaded: Any, raw: Path) -> tuple[int, float, dict[str, float]]:
     """The teachers' and captioner's time on the shard's samples, with the job's batch shapes."""
-    from pipeline.raw_shards import RawSample, iter_raw_shard
-    from pipeline.reinforce_shard import caption_seed
+    from pipeline.reinforce_shard import caption_group_size, caption_seed
+    from shards.raw import RawSample, iter_raw_shard
     from transforms import decode_image, view_rng
 
     images, uids, captions, views = [], [], [], []
@@ -146,8 +146,7 @@ def model_compute_seconds(settings: Any, loaded: Any, raw: Path) -> tuple[int, f
             uids.append(item.uid)
             captions.append(item.caption)
     batch = settings.batch_size
-    chunk = loaded.captioner.micro_batch
-    group = max(chunk, settings.caption_group // chunk * chunk)
+    group = caption_group_size(settings, loaded.captioner)
     seconds = {}
     start = time.perf_counter()
     synthetic: list[list[str]] = []
@@ -219,10 +218,9 @@ class _InstantCaptioner:
 
 def rss_child(raw: Path, out: Path, teachers: list[str], threads: int) -> None:
     """Runs in its own process: the whole job on one shard, with the instant captioner."""
-    import pipeline.worker_models as worker_models
     from beam_jobs.reinforce_job import run_job
     from pipeline.reinforce_shard import ShardModels
-    from pipeline.run_config import ReinforceSettings
+    from pipeline.settings import ReinforceSettings
     from teachers.ensemble import TeacherEnsemble
     from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
 
@@ -232,7 +230,6 @@ def rss_child(raw: Path, out: Path, teachers: list[str], threads: int) -> None:
         )
         return ShardModels(ensemble, _InstantCaptioner(), ViewAugmenter.from_config(DATACOMPDR_AUGMENTATION))
 
-    worker_models.load_models = load  # the in-process runner reuses the launcher's models
     torch.set_num_threads(threads)
     settings = ReinforceSettings(
         input_pattern=str(raw / "*.tar"),
@@ -245,7 +242,7 @@ def rss_child(raw: Path, out: Path, teachers: list[str], threads: int) -> None:
         num_captions=1,
         batch_size=64,
     )
-    outcome = run_job(settings, ["--model_threads", str(threads)], show_progress=False)
+    outcome = run_job(settings, ["--model_threads", str(threads)], show_progress=False, load_models=load)
     peak_kb = peak_rss_kb()
     print(
         json.dumps({"written": outcome.written_this_run, "seconds": outcome.wall_seconds, "peak_kb": peak_kb})

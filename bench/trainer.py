@@ -30,7 +30,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from pipeline.shard_format import ReinforcedSample, write_shard
+from shards.reinforced import ReinforcedSample, write_shard
 from trainer import train
 from trainer.data import DEFAULT_WORKERS, ReinforcedStream, in_worker_order, list_shards, make_loader
 from trainer.optim import build_optimizer

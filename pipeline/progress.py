@@ -15,7 +15,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from pipeline.shard_stats import RunSummary, committed_shards, read_shard_stats
+from shards.run_folder import RunSummary, committed_shards, read_shard_stats
 
 
 class ShardProgress:

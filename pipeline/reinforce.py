@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline import storage
 from pipeline.progress import summary_table
 from pipeline.reinforce_args import parse, settings_from_args
-from pipeline.run_config import ConfigError
-from pipeline.shard_stats import ERRORS_SUFFIX
+from shards import storage
+from shards.run_config import ConfigError
+from shards.run_folder import ERRORS_SUFFIX
 
 EXIT_OK, EXIT_NOTHING_DONE, EXIT_CONFIG = 0, 1, 2
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from pipeline.presets import PRESETS, resolve_preset
-from pipeline.run_config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, ConfigError, ReinforceSettings
+from pipeline.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, ReinforceSettings
+from shards.run_config import ConfigError
 
 EPILOG = """\
 Any other --flag is a Beam pipeline option, e.g. --runner DirectRunner (in-process, never downloads

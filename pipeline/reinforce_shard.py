@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.raw_shards import RawSample, SkippedSample, SkipReason, iter_raw_shard
-from pipeline.run_config import ReinforceSettings
-from pipeline.shard_format import ReinforcedSample
-from pipeline.shard_stats import ShardStats, output_paths, shard_name, write_shard_outcome
-from pipeline.shard_writer import ShardWriter
+from pipeline.settings import ReinforceSettings
+from shards.raw import RawSample, SkippedSample, SkipReason, iter_raw_shard
+from shards.reinforced import ReinforcedSample
+from shards.run_folder import ShardStats, output_paths, shard_name, write_shard_outcome
+from shards.writer import ShardWriter
 from transforms import (
     AugmentationError,
     BadImageError,
@@ -66,6 +66,12 @@ class Augmenter(Protocol):
 
     def sample(self, rng: np.random.Generator, size: tuple[int, int]) -> Any: ...
     def apply(self, image: Image.Image, params: Any) -> torch.Tensor: ...
+
+
+def caption_group_size(settings: ReinforceSettings, captioner: CaptionModel) -> int:
+    """Images per captioner call: whole multiples of its own fixed chunk, so it never pads mid-shard."""
+    chunk = max(1, int(getattr(captioner, "micro_batch", 1)))
+    return max(chunk, settings.caption_group // chunk * chunk)
 
 
 @dataclasses.dataclass
@@ -290,9 +296,7 @@ class _SampleStream:
         self._clock = clock
         self._on_batch = on_batch
         self._group: list[_Prepared] = []
-        # Whole multiples of the captioner's own fixed chunk, so it never pads a chunk mid-shard.
-        chunk = max(1, int(getattr(models.captioner, "micro_batch", 1)))
-        self.group_size = max(chunk, settings.caption_group // chunk * chunk)
+        self.group_size = caption_group_size(settings, models.captioner)
         self._waiting: deque[tuple[_Prepared, list[str]]] = deque()  # captioned, embeddings pending
         self._images = _FixedBatches(settings.batch_size, self._embed_images, None)
         self._texts = _FixedBatches(settings.batch_size, self._embed_texts, "")

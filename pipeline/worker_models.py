@@ -7,7 +7,7 @@ describes the loaded models in config.json. Only spec strings cross process boun
 from __future__ import annotations
 
 from pipeline.reinforce_shard import ShardModels
-from pipeline.run_config import ReinforceSettings
+from pipeline.settings import ReinforceSettings
 
 
 def worker_device(requested: str) -> str:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from pipeline import storage
+from shards import storage
 from teachers.specs import OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHTS_FILE
 from trainer.students import Student
 

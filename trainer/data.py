@@ -28,16 +28,14 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from pipeline import storage
-from pipeline.shard_format import ReinforcedSample, ShardFormatError, decode_sample, iter_members
+from shards import storage
+from shards.reinforced import ReinforcedSample, ShardFormatError, decode_sample, iter_members
+from shards.teacher_slices import TeacherSlice, is_unit_norm, slice_norms
 from trainer.settings import DataSettings
 from transforms import ViewAugmenter, decode_image, decode_param_aug
 from transforms.seeding import derive_seed, draw_int
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
-# Stored teacher slices are unit vectors; fp32 storage keeps them within 1e-6, bf16 within ~1e-2.
-# A slice far from unit length means the teacher widths do not match the data.
-NORM_TOLERANCE = 0.05
 DEFAULT_SHUFFLE_BUFFER = 1000
 DEFAULT_WORKERS = 2
 _PICK_DOMAIN = "datacompdr-reinforce/trainer-pick"
@@ -49,7 +47,7 @@ class DataError(ValueError):
     """The data cannot be trained on at all (no shards, nothing usable, widths that do not match)."""
 
 
-class SkipSample(ValueError):
+class UnusableSample(ValueError):
     """One sample is unusable; `reason` is the counter it goes to."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -130,22 +128,22 @@ class SampleReplayer:
 
     def replay(self, sample: ReinforcedSample, epoch: int) -> TrainingSample:
         if sample.dim != self.settings.embedding_dim:
-            raise SkipSample(
+            raise UnusableSample(
                 "embedding_width_mismatch",
                 f"D={sample.dim}, the teacher widths {list(self.settings.teacher_dims)} need "
                 f"{self.settings.embedding_dim}",
             )
         if sample.num_views == 0:
-            raise SkipSample("no_views")
+            raise UnusableSample("no_views")
         families = sorted(sample.syn_captions)  # v2 may hold several: pooled, in a fixed order
         captions = [c for f in families for c in sample.syn_captions[f]]
         if not captions:
-            raise SkipSample("no_synthetic_captions")
+            raise UnusableSample("no_synthetic_captions")
         synthetic_emb = np.concatenate([sample.syn_emb[f] for f in families])
         view_index, synthetic_index = self.pick(sample, epoch, len(captions))
         targets = (sample.image_emb[view_index], sample.caption_emb, synthetic_emb[synthetic_index])
         for target in targets:
-            check_unit_slices(target, self.settings.teacher_dims)
+            check_unit_slices(target, self.settings.slices)
         params = decode_param_aug(sample.param_aug[view_index], version=self.settings.param_aug_version)
         image = decode_image(sample.image)
         view = self.augmenter.apply(image, params, size=self.image_size)
@@ -155,16 +153,15 @@ class SampleReplayer:
         )
 
 
-def check_unit_slices(vector: np.ndarray, dims: Sequence[int]) -> None:
+def check_unit_slices(vector: np.ndarray, slices: Sequence[TeacherSlice]) -> None:
     """Each teacher's slice of a stored vector must be unit length, or the split is wrong."""
-    start = 0
-    for k, dim in enumerate(dims):
-        norm = float(np.linalg.norm(vector[start : start + dim]))
-        if not abs(norm - 1.0) <= NORM_TOLERANCE:  # also catches NaN
-            raise SkipSample(
-                "teacher_slice_not_unit", f"teacher {k} slice [{start}:{start + dim}] has norm {norm:.3f}"
+    for k, teacher in enumerate(slices):
+        norm = slice_norms(vector[None], teacher)
+        if not is_unit_norm(norm).all():
+            raise UnusableSample(
+                "teacher_slice_not_unit",
+                f"teacher {k} slice [{teacher.start}:{teacher.stop}] has norm {float(norm[0]):.3f}",
             )
-        start += dim
 
 
 def skip_reason(error: Exception) -> str:

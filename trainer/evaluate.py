@@ -21,9 +21,9 @@ from typing import Any
 import open_clip
 import torch
 
-from beam_jobs.runners import parse_known_beam_args
-from pipeline import storage
-from pipeline.shard_format import IMAGE_MEMBERS, iter_members
+from shards import storage
+from shards.reinforced import IMAGE_MEMBERS, iter_members
+from shards.storage import parse_known_beam_args
 from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE
 from trainer.data import list_shards, skip_reason
 from trainer.students import Student, create_student

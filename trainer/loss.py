@@ -13,29 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-
-@dataclasses.dataclass(frozen=True)
-class TeacherSlice:
-    """Where one teacher's embedding sits in the stored D-wide vector, and its KD logit scale."""
-
-    start: int
-    dim: int
-    kd_logit_scale: float
-
-
-def teacher_slices(dims: Sequence[int], kd_logit_scales: Sequence[float]) -> tuple[TeacherSlice, ...]:
-    """Teachers are concatenated in config order; each slice is L2-normalised on its own (contract §2)."""
-    if len(dims) != len(kd_logit_scales):
-        raise ValueError(f"{len(dims)} teacher widths but {len(kd_logit_scales)} KD logit scales")
-    if not dims:
-        raise ValueError("at least one teacher is needed")
-    if any(d < 1 for d in dims) or any(s <= 0 for s in kd_logit_scales):
-        raise ValueError(f"teacher widths must be >= 1 and KD scales > 0, got {dims}, {kd_logit_scales}")
-    slices, start = [], 0
-    for dim, scale in zip(dims, kd_logit_scales, strict=True):
-        slices.append(TeacherSlice(start, int(dim), float(scale)))
-        start += int(dim)
-    return tuple(slices)
+from shards.teacher_slices import TeacherSlice
 
 
 def clip_loss(

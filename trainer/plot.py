@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline import storage
+from shards import storage
 
 CURVES = ("total", "kd_original", "kd_synthetic", "clip_original", "clip_synthetic")
 

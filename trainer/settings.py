@@ -7,15 +7,16 @@ wrong split of the stored vectors would give a plausible-looking but wrong KD ta
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline import storage
-from trainer.loss import TeacherSlice, teacher_slices
-from transforms import DATACOMPDR_AUGMENTATION, SUPPORTED_PARAM_AUG_VERSIONS, ViewAugmenter
+from shards import storage
+from shards.run_config import image_augmentation
+from shards.run_folder import CONFIG_FILE
+from shards.teacher_slices import TeacherSlice, slices_from_dims
+from transforms import SUPPORTED_PARAM_AUG_VERSIONS, ViewAugmenter
 
 # Public DataCompDR shards carry no version: they use the first (and so far only) op table.
 PUBLIC_PARAM_AUG_VERSION = 1
@@ -38,8 +39,8 @@ class DataSettings:
         return sum(self.teacher_dims)
 
     @property
-    def slices(self) -> tuple[TeacherSlice, ...]:
-        return teacher_slices(self.teacher_dims, self.kd_logit_scales)
+    def slices(self) -> list[TeacherSlice]:
+        return slices_from_dims(self.teacher_dims, self.kd_logit_scales)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -63,7 +64,7 @@ def load_run_config(path: str) -> dict[str, Any]:
 
 def sibling_config(data_pattern: str) -> str | None:
     """`config.json` in the folder of the shards, which is where our runs write it."""
-    candidate = storage.join(storage.dirname(data_pattern), "config.json")
+    candidate = storage.join(storage.dirname(data_pattern), CONFIG_FILE)
     try:
         return candidate if storage.exists(candidate) else None
     except Exception:  # an unreachable bucket is reported when the shards themselves are listed
@@ -94,13 +95,11 @@ def resolve_data_settings(
             "MobileCLIP2 DFNDR: 768,768 and 70,60)"
         )
     try:
-        teacher_slices(dims, scales)
+        slices_from_dims(dims, scales)
     except ValueError as error:
         raise SettingsError(str(error)) from error
-    augmentation = (config.get("reinforce") or {}).get("image_augmentation") or copy.deepcopy(
-        DATACOMPDR_AUGMENTATION
-    )
     try:
+        augmentation = image_augmentation(config)
         ViewAugmenter.from_config(augmentation)
     except ValueError as error:
         raise SettingsError(f"the run's image_augmentation cannot be replayed: {error}") from error

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from beam_jobs.runners import parse_known_beam_args
-from pipeline import storage
-from pipeline.run_folder import parse_teacher_dims
+from shards import storage
+from shards.storage import parse_known_beam_args
+from shards.teacher_slices import TeacherSlice, parse_teacher_dims
 from trainer import checkpoint as ckpt
 from trainer.data import (
     DEFAULT_SHUFFLE_BUFFER,
@@ -39,7 +39,7 @@ from trainer.data import (
     probe,
 )
 from trainer.evaluate import evaluate_on
-from trainer.loss import LossParts, TeacherSlice, reinforced_loss
+from trainer.loss import LossParts, reinforced_loss
 from trainer.optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
 from trainer.plot import plot_losses, read_log, write_log
 from trainer.precision import PRECISIONS, TrainingWeights

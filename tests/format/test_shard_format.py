@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.shard_format import (
+from shards.reinforced import (
     ReinforcedSample,
     ShardFormatError,
     decode_sample,
@@ -24,25 +24,25 @@ from pipeline.shard_format import (
     iter_shard,
     write_shard,
 )
-from pipeline.shard_writer import ROWS_PER_GROUP, ShardWriter
+from shards.writer import ROWS_PER_GROUP, ShardWriter
+from tests.support import reinforced_sample
 
 
 def make_sample(
     i: int, views: int = 3, captions: int = 2, dim: int = 8, family: str = "syn_text"
 ) -> ReinforcedSample:
-    rng = np.random.default_rng(i)
     uid = f"{i:032x}"
-    return ReinforcedSample(
-        key=uid,
-        image=bytes(rng.integers(0, 256, 64, dtype=np.uint8)),
-        caption=f"caption {i} é",
+    return reinforced_sample(
+        uid,
+        bytes(np.random.default_rng(i).integers(0, 256, 64, dtype=np.uint8)),
+        f"caption {i} é",
+        dims=(dim,),
+        views=views,
+        captions=captions,
+        family=family,
         meta={"uid": uid, "key": f"{i:012d}", "sha256": "00" * 32, "width": 40, "height": 30},
-        param_aug=[[[0, 1, 20, 20], [[1, 0.09000000357627869], [5, -9.0]]] for _ in range(views)],
-        image_emb=rng.standard_normal((views, dim)).astype(np.float32),
-        caption_emb=rng.standard_normal(dim).astype(np.float32),
-        syn_captions={family: [f"syn {i} {k}" for k in range(captions)]},
-        syn_emb={family: rng.standard_normal((captions, dim)).astype(np.float32)},
         url=f"http://example.com/{i}.jpg",
+        synthetic=[f"syn {i} {k}" for k in range(captions)],
     )
 
 

@@ -9,7 +9,6 @@ keeps these tests fast and independent of the models; the real job's output is u
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -21,15 +20,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from pipeline.raw_shards import RawSample, SkippedSample, iter_raw_shard
-from pipeline.run_config import config_bytes
-from pipeline.shard_format import ReinforcedSample, write_shard
-from pipeline.shard_stats import ShardStats, finalize_run, write_shard_outcome
-from pipeline.shard_writer import ShardWriter
-from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter, decode_image, encode_param_aug, view_rng
+from shards.raw import RawSample, SkippedSample, iter_raw_shard
+from shards.reinforced import ReinforcedSample, write_shard
+from shards.run_config import config_bytes
+from shards.run_folder import ShardStats, finalize_run, write_shard_outcome
+from shards.writer import ShardWriter
+from tests.support import reinforced_sample
+from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter, decode_image
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER_DIMS = (32, 48)
@@ -47,14 +46,6 @@ class RunSpec:
     view_size: int = 64
 
 
-def unit_rows(rng: np.random.Generator, rows: int, dims: tuple[int, ...]) -> np.ndarray:
-    parts = []
-    for dim in dims:
-        block = rng.standard_normal((rows, dim)).astype(np.float32)
-        parts.append(block / np.linalg.norm(block, axis=1, keepdims=True))
-    return np.concatenate(parts, axis=1)
-
-
 def augmentation(view_size: int) -> dict:
     recipe = json.loads(json.dumps(DATACOMPDR_AUGMENTATION))
     recipe["random_resized_crop"]["size"] = view_size
@@ -64,24 +55,22 @@ def augmentation(view_size: int) -> dict:
 def reinforce_raw(raw: RawSample, spec: RunSpec, seed: int = 0) -> ReinforcedSample:
     """A sample as the job would write it, with random (but unit-norm) embeddings."""
     image = decode_image(raw.image)
-    augmenter = ViewAugmenter.from_config(augmentation(spec.view_size))
-    params = [augmenter.sample(view_rng(seed, raw.uid, k), image.size) for k in range(spec.num_views)]
-    rng = np.random.default_rng(int(hashlib.sha256(raw.uid.encode()).hexdigest()[:12], 16))
-    family = "syn_text" if spec.layout == "v1" else "syn_text_coca"
     meta = {**raw.meta, "uid": raw.uid, "width": image.width, "height": image.height}
     meta.setdefault("sha256", "0" * 64)
-    return ReinforcedSample(
-        key=raw.uid,
-        image=raw.image,
-        image_ext=raw.image_ext,
-        caption=raw.caption,
-        url=raw.url,
+    return reinforced_sample(
+        raw.uid,
+        raw.image,
+        raw.caption,
+        dims=spec.dims,
+        views=spec.num_views,
+        captions=spec.num_captions,
+        family="syn_text" if spec.layout == "v1" else "syn_text_coca",
+        augmenter=ViewAugmenter.from_config(augmentation(spec.view_size)),
+        seed=seed,
         meta=meta,
-        param_aug=[encode_param_aug(p) for p in params],
-        image_emb=unit_rows(rng, spec.num_views, spec.dims),
-        caption_emb=unit_rows(rng, 1, spec.dims)[0],
-        syn_captions={family: [f"a synthetic caption {k} of {raw.key}" for k in range(spec.num_captions)]},
-        syn_emb={family: unit_rows(rng, spec.num_captions, spec.dims)},
+        url=raw.url,
+        image_ext=raw.image_ext,
+        synthetic=[f"a synthetic caption {k} of {raw.key}" for k in range(spec.num_captions)],
     )
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import inspect as inspect_cli
-from pipeline import shard_report
+from inspection import figures
+from inspection import inspect as inspect_cli
+from inspection.overview import load_overview
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -53,7 +54,7 @@ def test_public_shard_summary_infers_teachers(make_run, capsys) -> None:
 
 def test_sample_details(make_run, capsys) -> None:
     run = make_run(shards=("00000001.tar",))
-    overview = shard_report.load_overview(str(run))
+    overview = load_overview(str(run))
     last = overview.samples[-1]
     code, out = run_cli([str(run), "--sample", last.key, "--limit", "1"], capsys)
     assert code == 0
@@ -64,7 +65,7 @@ def test_sample_details(make_run, capsys) -> None:
     # one similarity row per view for each teacher, one column per caption (original + 2 synthetic)
     rows = [line.split() for line in lines if re.fullmatch(r"    ([+-]\d\.\d{3} ?){3}", line)]
     assert len(rows) == 2 * 3
-    expected = shard_report.similarities(last, overview.slices[0])
+    expected = figures.similarities(last, overview.slices[0])
     assert [float(v) for v in rows[0]] == pytest.approx(expected[0].tolist(), abs=5e-4)
 
 
@@ -85,13 +86,13 @@ def test_html_report_is_self_contained(make_run, tmp_path: Path, capsys) -> None
     assert page.count("<img") == len(images), "every image is inlined"
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)
     assert "default-src 'none'" in page
-    overview = shard_report.load_overview(str(run))
+    overview = load_overview(str(run))
     assert overview.samples[0].image in [data for _, data in images], "the stored image, byte for byte"
     assert all(data.startswith(b"\x89PNG\r\n\x1a\n") for mime, data in images if mime == "image/png")
 
 
 def test_html_report_for_published_shards_without_images(make_run, tmp_path: Path, capsys) -> None:
-    from pipeline.shard_format import iter_members, open_tar_writer
+    from shards.reinforced import iter_members, open_tar_writer
 
     shard = make_run(dims=(64, 64), run_files=False) / "00000000.tar"
     samples = list(iter_members(str(shard)))
@@ -109,6 +110,7 @@ def test_html_report_for_published_shards_without_images(make_run, tmp_path: Pat
     assert len(data_uris(page)) == 3 + 2  # no stored image; the views panel says there is nothing to replay
 
 
+@pytest.mark.slow
 def test_report_opens_in_chromium_with_every_image_shown(make_run, tmp_path: Path, chromium, capsys) -> None:
     report = tmp_path / "report.html"
     assert run_cli([str(make_run()), "--html", str(report)], capsys)[0] == 0
@@ -118,6 +120,7 @@ def test_report_opens_in_chromium_with_every_image_shown(make_run, tmp_path: Pat
     assert all(image["complete"] and image["naturalWidth"] > 0 for image in page.images), page.images
 
 
+@pytest.mark.slow
 def test_browser_check_sees_broken_images_and_errors(tmp_path: Path, chromium) -> None:
     """The browser test above can fail: a broken image and a script error are both caught."""
     page = tmp_path / "broken.html"
@@ -131,6 +134,7 @@ def test_browser_check_sees_broken_images_and_errors(tmp_path: Path, chromium) -
     assert any("undefinedFunction" in error or "exception" in error for error in result.errors)
 
 
+@pytest.mark.slow
 def test_report_of_the_real_job_output(reinforced_run: Path, tmp_path: Path, chromium, capsys) -> None:
     report = tmp_path / "real.html"
     code, out = run_cli([str(reinforced_run), "--html", str(report), "--show", "2"], capsys)

@@ -24,6 +24,7 @@ def test_notebook_is_stored_without_outputs() -> None:
     assert len(parameters) == 1 and "INSPECT_SHARD" in parameters[0].source
 
 
+@pytest.mark.slow
 def test_notebook_runs_headless_on_real_output(reinforced_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INSPECT_SHARD", str(reinforced_run))
     monkeypatch.setenv("INSPECT_SHOW", "2")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import inspect, shard_report, validate
+from inspection import inspect, validate
+from inspection.overview import load_overview
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -20,6 +21,7 @@ def upload(endpoint: str, folder: Path, bucket: str, prefix: str) -> str:
     return f"s3://{bucket}/{prefix}"
 
 
+@pytest.mark.slow
 def test_validate_and_inspect_an_s3_folder_from_the_command_line(make_run, s3_endpoint: str, capsys) -> None:
     remote = upload(s3_endpoint, make_run(), "reinforced", "run")
     endpoint_flag = f"--s3_endpoint_url={s3_endpoint}"
@@ -27,7 +29,7 @@ def test_validate_and_inspect_an_s3_folder_from_the_command_line(make_run, s3_en
     assert capsys.readouterr().out.splitlines()[-1] == "OK: 1 shard(s), 6 sample(s) checked, no problems"
     assert inspect.main([f"{remote}/00000000.tar", endpoint_flag]) == 0
     assert "00000000" in capsys.readouterr().out
-    overview = shard_report.load_overview(f"{remote}/00000000.tar", limit=2)
+    overview = load_overview(f"{remote}/00000000.tar", limit=2)
     assert overview.slices_source == "config"  # config.json found beside a single remote shard
     assert [s.num_views for s in overview.samples] == [3, 3]
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import validate
-from pipeline.shard_format import iter_members, open_tar_writer
+from inspection import validate
+from shards.reinforced import iter_members, open_tar_writer
 
 Members = dict[str, Any]
 

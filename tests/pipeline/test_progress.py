@@ -6,7 +6,7 @@ import io
 import time
 
 from pipeline.progress import ShardProgress, summary_table
-from pipeline.shard_stats import ShardStats, summarize, write_shard_outcome
+from shards.run_folder import ShardStats, summarize_run, write_shard_outcome
 
 
 def test_progress_line_follows_committed_shards(tmp_path):
@@ -25,7 +25,7 @@ def test_summary_table_lists_skips_missing_shards_and_output():
         "00000000": ShardStats("00000000", "a", 10, 8, {"image_undecodable": 2}, {}, {"caption": 3.0}),
         "00000001": ShardStats("00000001", "b", 0, 0, {}, {"empty_tar": 1}, {"read": 1.0}),
     }
-    table = summary_table(summarize(["00000000", "00000001", "00000002"], stats), "out/x", 4.0, 8)
+    table = summary_table(summarize_run(["00000000", "00000001", "00000002"], stats), "out/x", 4.0, 8)
     for fragment in (
         "2 / 3",
         "skipped: image_undecodable  2",

@@ -7,7 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from pipeline.raw_shards import RawSample, SkippedSample, SkipReason, iter_raw_shard, split_member_name
+from shards.raw import RawSample, SkippedSample, SkipReason, iter_raw_shard, split_member_name
 
 
 def read(path: Path) -> tuple[list[RawSample], list[SkippedSample]]:

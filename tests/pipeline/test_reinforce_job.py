@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.raw_shards import IMAGE_EXTENSIONS
 from pipeline.reinforce import main
-from pipeline.shard_format import iter_shard
+from shards.raw import IMAGE_EXTENSIONS
+from shards.reinforced import iter_shard
 from teachers.ensemble import TeacherEnsemble
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter, decode_image, decode_param_aug
 
@@ -142,9 +142,9 @@ def test_exit_codes(tmp_path, job, capsys):
 def test_batch_composition_does_not_change_a_byte(tmp_path, sample_raw_dir, kit, tiny_checkpoints):
     """The same samples, shifted by one extra sample in front, land in other batches at other rows."""
     from pipeline.reinforce_shard import reinforce_shard
-    from pipeline.run_config import ReinforceSettings
-    from pipeline.shard_format import iter_members
+    from pipeline.settings import ReinforceSettings
     from pipeline.worker_models import load_models
+    from shards.reinforced import iter_members
 
     with tarfile.open(sample_raw_dir / "00000000.tar") as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -191,7 +191,7 @@ def test_real_presets_fail_fast_and_clearly_without_a_hub(tmp_path, sample_raw_d
 
 def test_an_unforeseen_error_costs_one_sample_not_the_shard(tmp_path, kit, tiny_checkpoints):
     from pipeline.reinforce_shard import SAMPLE_FAILED, reinforce_shard
-    from pipeline.run_config import ReinforceSettings
+    from pipeline.settings import ReinforceSettings
     from pipeline.worker_models import load_models
 
     settings = ReinforceSettings(
@@ -226,7 +226,7 @@ def test_an_unforeseen_error_costs_one_sample_not_the_shard(tmp_path, kit, tiny_
 
 
 def test_v2_layout_with_bf16_embeddings(tmp_path, job_input, reference_run, job):
-    from pipeline.shard_format import iter_members
+    from shards.reinforced import iter_members
 
     out = tmp_path / "v2"
     assert main(job.args(job_input[0], out, "--layout", "v2", "--embedding-dtype", "bf16")) == 0

@@ -8,14 +8,10 @@ import json
 import pytest
 
 from pipeline.presets import PRESETS, resolve_preset
-from pipeline.raw_shards import SkippedSample
-from pipeline.run_config import (
-    ConfigError,
-    ReinforceSettings,
-    build_run_config,
-    write_or_check_run_config,
-)
-from pipeline.shard_stats import (
+from pipeline.settings import ReinforceSettings, build_run_config
+from shards.raw import SkippedSample
+from shards.run_config import ConfigError, write_or_check_run_config
+from shards.run_folder import (
     ShardStats,
     committed_shards,
     finalize_run,
@@ -141,7 +137,7 @@ def test_help_explains_every_flag():
 
 
 def test_unknown_or_stray_arguments_are_refused():
-    from beam_jobs.runners import unusable_beam_args
+    from shards.storage import unusable_beam_args
 
     assert unusable_beam_args(["--runner", "DirectRunner", "--direct_num_workers", "2"]) == []
     assert unusable_beam_args(["raw/00000001.tar", "--num-view", "3"]) == ["--num_view", "raw/00000001.tar"]

@@ -21,6 +21,7 @@ import pytest
 
 from pipeline.reinforce import main
 
+pytestmark = pytest.mark.slow  # separate services and processes: minutes, not seconds
 VENV_BIN = str(Path(sys.executable).parent)
 
 

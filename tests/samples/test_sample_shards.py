@@ -1,4 +1,4 @@
-"""The bundled raw shards are what `pipeline.sample_shards` builds, and follow contract §1."""
+"""The bundled raw shards are what `tools.sample_shards` builds, and follow contract §1."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline import sample_shards
+from tools import sample_shards
 
 
 def test_committed_samples_rebuild_byte_for_byte(tmp_path: Path, sample_raw_dir: Path) -> None:

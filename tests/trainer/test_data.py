@@ -11,7 +11,8 @@ import open_clip
 import pytest
 import torch
 
-from pipeline.shard_format import encode_sample
+from shards.reinforced import encode_sample
+from tests.support import ShardSpec, identity_sample, write_members
 from trainer.data import (
     DataCursor,
     DataError,
@@ -108,34 +109,34 @@ def test_views_and_captions_vary_over_epochs_but_not_over_runs(make_shards, toke
     assert any(not torch.equal(*pair) for pair in views.values())
 
 
-def _bad_shard(shard_tools, folder: Path) -> dict[str, str]:
+def _bad_shard(folder: Path) -> dict[str, str]:
     """A shard mixing good samples with one of each kind of bad one; returns key -> expected reason."""
-    spec = shard_tools.ShardSpec(dims=DIMS)
+    spec = ShardSpec(dims=DIMS)
     augmenter = ViewAugmenter.from_config(_settings().augmentation)
-    good = [shard_tools.make_sample(i, spec, augmenter) for i in range(4)]
+    good = [identity_sample(i, spec, augmenter) for i in range(4)]
     members = [encode_sample(s) for s in good]
     expected = {}
 
-    no_npz = encode_sample(shard_tools.make_sample(10, spec, augmenter))
+    no_npz = encode_sample(identity_sample(10, spec, augmenter))
     del no_npz["npz"]
     expected[no_npz["__key__"]] = "missing_member"
 
-    wide = shard_tools.make_sample(11, shard_tools.ShardSpec(dims=(8, 16)), augmenter)
+    wide = identity_sample(11, ShardSpec(dims=(8, 16)), augmenter)
     expected[wide.key] = "embedding_width_mismatch"
 
-    unknown_op = shard_tools.make_sample(12, spec, augmenter)
+    unknown_op = identity_sample(12, spec, augmenter)
     unknown_op.param_aug = [[p[0], [[99, 0.5], [1, 0.09]]] for p in unknown_op.param_aug]
     expected[unknown_op.key] = "unknown_op"
 
-    not_image = shard_tools.make_sample(13, spec, augmenter)
+    not_image = identity_sample(13, spec, augmenter)
     not_image.image = b"<html>404</html>"
     expected[not_image.key] = "undecodable"
 
-    outside = shard_tools.make_sample(14, spec, augmenter)
+    outside = identity_sample(14, spec, augmenter)
     outside.param_aug = [[[0, 0, 500, 500], p[1]] for p in outside.param_aug]
     expected[outside.key] = "box_outside_image"
 
-    unnormalised = shard_tools.make_sample(15, spec, augmenter)
+    unnormalised = identity_sample(15, spec, augmenter)
     unnormalised.image_emb = unnormalised.image_emb * 3.0
     unnormalised.caption_emb = unnormalised.caption_emb * 3.0
     unnormalised.syn_emb = {f: e * 3.0 for f, e in unnormalised.syn_emb.items()}
@@ -143,11 +144,11 @@ def _bad_shard(shard_tools, folder: Path) -> dict[str, str]:
 
     members += [no_npz] + [encode_sample(s) for s in (wide, unknown_op, not_image, outside, unnormalised)]
     folder.mkdir(parents=True)
-    shard_tools.write_members(folder / "00000000.tar", members)
+    write_members(folder / "00000000.tar", members)
     # A truncated copy of a good shard: its complete samples are kept, the damage counted once.
-    shard_tools.write_members(
+    write_members(
         folder / "00000001.tar",
-        [encode_sample(shard_tools.make_sample(20 + i, spec, augmenter)) for i in range(3)],
+        [encode_sample(identity_sample(20 + i, spec, augmenter)) for i in range(3)],
     )
     data = (folder / "00000001.tar").read_bytes()
     (folder / "00000001.tar").write_bytes(data[: len(data) * 3 // 4])
@@ -155,9 +156,9 @@ def _bad_shard(shard_tools, folder: Path) -> dict[str, str]:
 
 
 def test_bad_samples_are_skipped_and_counted_by_reason_and_good_ones_all_arrive(
-    shard_tools, tmp_path: Path, tokenizer
+    tmp_path: Path, tokenizer
 ) -> None:
-    expected = _bad_shard(shard_tools, tmp_path / "bad")
+    expected = _bad_shard(tmp_path / "bad")
     batches = list(_stream(tmp_path / "bad", tokenizer, batch_size=1, epochs=1))
     keys = [b.keys[0] for b in batches]
     assert not set(keys) & set(expected)
@@ -224,16 +225,14 @@ def test_a_stream_started_at_a_saved_cursor_continues_with_the_same_batches(make
             assert {b.worker for b in full} == {0, 1}
 
 
-def test_a_pass_without_any_usable_sample_is_an_error_not_a_hang(
-    shard_tools, tmp_path: Path, tokenizer
-) -> None:
+def test_a_pass_without_any_usable_sample_is_an_error_not_a_hang(tmp_path: Path, tokenizer) -> None:
     folder = tmp_path / "hopeless"
     folder.mkdir()
-    spec = shard_tools.ShardSpec(dims=(8, 16))
+    spec = ShardSpec(dims=(8, 16))
     augmenter = ViewAugmenter.from_config(_settings().augmentation)
-    shard_tools.write_members(
+    write_members(
         folder / "00000000.tar",
-        [encode_sample(shard_tools.make_sample(i, spec, augmenter)) for i in range(3)],
+        [encode_sample(identity_sample(i, spec, augmenter)) for i in range(3)],
     )
     with pytest.raises(DataError, match="no usable sample"):
         next(iter(_stream(folder, tokenizer)))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tests.support import identity_image, write_members
 from trainer.evaluate import EvalSet, evaluate, load_eval_set, retrieval_metrics
 from trainer.students import create_student
 
@@ -41,21 +41,19 @@ def test_retrieval_of_shuffled_pairs_is_at_chance_and_of_matching_pairs_perfect(
     assert shuffled["image_to_text_R@1"] < 0.2
 
 
-def test_zero_shot_accuracy_and_retrieval_on_a_labelled_set(
-    shard_tools: SimpleNamespace, tmp_path: Path
-) -> None:
+def test_zero_shot_accuracy_and_retrieval_on_a_labelled_set(tmp_path: Path) -> None:
     student = create_student("tiny", seed=0)
     members = [
         {
             "__key__": f"{i:04d}",
-            "jpg": shard_tools.identity_image(i % 3, i, (96, 80)),
+            "jpg": identity_image(i % 3, i, (96, 80)),
             "txt": f"thing {i % 3}\nanother caption".encode(),
             "cls": str(i % 3).encode(),
         }
         for i in range(6)
     ]
     members.append({"__key__": "broken", "jpg": b"not an image", "txt": b"x", "cls": b"0"})
-    shard_tools.write_members(tmp_path / "0.tar", members)
+    write_members(tmp_path / "0.tar", members)
     eval_set = load_eval_set([str(tmp_path / "*.tar")], student)
     assert len(eval_set.images) == 6 and eval_set.skipped == {"undecodable": 1}
     assert eval_set.images[0].shape == (3, student.image_size, student.image_size)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from trainer.loss import reinforced_loss, teacher_slices
+from shards.teacher_slices import slices_from_dims
+from trainer.loss import reinforced_loss
 
 
 def _normalised(rng: torch.Generator, rows: int, dim: int) -> torch.Tensor:
@@ -85,7 +86,7 @@ def test_loss_matches_a_literal_reference_with_teachers_of_different_widths_and_
         t_img.float(),
         t_orig.float(),
         t_syn.float(),
-        teacher_slices(dims, kd_scales),
+        slices_from_dims(dims, kd_scales),
         lam,
     )
     clip_o, kd_o = _reference_family(img, orig, scale, t_img, t_orig, dims, kd_scales)
@@ -107,8 +108,8 @@ def test_kd_is_asymmetric_in_teachers_so_swapping_scales_changes_the_target() ->
     t_img = torch.cat([_normalised(rng, b, 3) for _ in dims], dim=1).float()
     t_txt = torch.cat([_normalised(rng, b, 3) for _ in dims], dim=1).float()
     args = (img, txt, txt, torch.tensor(10.0), t_img, t_txt, t_txt)
-    a = reinforced_loss(*args, teacher_slices(dims, (100.0, 5.0)), 1.0).as_floats()["kd_original"]
-    b_ = reinforced_loss(*args, teacher_slices(dims, (5.0, 100.0)), 1.0).as_floats()["kd_original"]
+    a = reinforced_loss(*args, slices_from_dims(dims, (100.0, 5.0)), 1.0).as_floats()["kd_original"]
+    b_ = reinforced_loss(*args, slices_from_dims(dims, (5.0, 100.0)), 1.0).as_floats()["kd_original"]
     assert a != pytest.approx(b_, rel=1e-3)
 
 
@@ -118,7 +119,7 @@ def test_gradient_flows_to_the_student_and_its_logit_scale_only() -> None:
     txt = _normalised(rng, 4, 5).float().requires_grad_()
     scale = torch.tensor(10.0, requires_grad=True)
     t = torch.cat([_normalised(rng, 4, 3), _normalised(rng, 4, 2)], dim=1).float().requires_grad_()
-    parts = reinforced_loss(img, txt, txt, scale, t, t, t, teacher_slices((3, 2), (50.0, 50.0)), 0.5)
+    parts = reinforced_loss(img, txt, txt, scale, t, t, t, slices_from_dims((3, 2), (50.0, 50.0)), 0.5)
     parts.total.backward()
     assert img.grad is not None and txt.grad is not None and scale.grad is not None
     assert t.grad is None  # teacher targets are constants
@@ -126,6 +127,6 @@ def test_gradient_flows_to_the_student_and_its_logit_scale_only() -> None:
 
 def test_slices_refuse_mismatched_lists() -> None:
     with pytest.raises(ValueError, match="KD logit scales"):
-        teacher_slices((768, 768), (100.0,))
+        slices_from_dims((768, 768), (100.0,))
     with pytest.raises(ValueError):
-        teacher_slices((768,), (0.0,))
+        slices_from_dims((768,), (0.0,))

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from tests.support import ShardSpec, build_shards
 from trainer import train
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
 
-def test_training_streams_shards_from_s3_and_writes_the_run_there(
-    s3_endpoint: str, tmp_path: Path, shard_tools: SimpleNamespace
-) -> None:
+@pytest.mark.slow
+def test_training_streams_shards_from_s3_and_writes_the_run_there(s3_endpoint: str, tmp_path: Path) -> None:
     local = tmp_path / "data"
-    shard_tools.build_shards(local, shard_tools.ShardSpec(shards=2, per_shard=4))
+    build_shards(local, ShardSpec(shards=2, per_shard=4))
     (local / "config.json").write_text(
         json.dumps({"teachers": [{"dim": 8, "kd_logit_scale": 100.0}, {"dim": 12, "kd_logit_scale": 50.0}]})
     )

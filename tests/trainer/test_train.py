@@ -13,13 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from teachers.specs import OPEN_CLIP_WEIGHTS_FILE
+from tests.support import ShardSpec, build_shards, identity_image, write_members
 from trainer import train
 from trainer.checkpoint import completed_steps, step_dir
 
 FLAGS = ["--teacher-dims", "8,12", "--kd-logit-scales", "100,50", "--threads", "1"]
 
 
-def _heldout(shard_tools: SimpleNamespace, folder: Path) -> Path:
+def _heldout(folder: Path) -> Path:
     """A CLIP-benchmark style held-out set: image, caption and class label, class names beside it."""
     split = folder / "test"
     split.mkdir(parents=True)
@@ -29,21 +30,21 @@ def _heldout(shard_tools: SimpleNamespace, folder: Path) -> Path:
         members.append(
             {
                 "__key__": f"{index:06d}",
-                "jpg": shard_tools.identity_image(identity, 500 + index, (96, 80)),
+                "jpg": identity_image(identity, 500 + index, (96, 80)),
                 "txt": f"a picture of thing {identity}".encode(),
                 "cls": str(identity).encode(),
             }
         )
-    shard_tools.write_members(split / "0.tar", members)
+    write_members(split / "0.tar", members)
     (folder / "classnames.txt").write_text("".join(f"thing {i}\n" for i in range(6)))
     return split
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, shard_tools: SimpleNamespace) -> SimpleNamespace:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("trained")
-    shard_tools.build_shards(root / "data", shard_tools.ShardSpec(shards=2, per_shard=12))
-    heldout = _heldout(shard_tools, root / "heldout")
+    build_shards(root / "data", ShardSpec(shards=2, per_shard=12))
+    heldout = _heldout(root / "heldout")
     run = root / "run"
     steps = 200
     summary = train.train(
@@ -108,11 +109,9 @@ def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(Path(step_dir(str(run), step)) / OPEN_CLIP_WEIGHTS_FILE))
 
 
-def test_resuming_an_interrupted_run_gives_exactly_the_uninterrupted_result(
-    tmp_path: Path, shard_tools: SimpleNamespace
-) -> None:
+def test_resuming_an_interrupted_run_gives_exactly_the_uninterrupted_result(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    shard_tools.build_shards(data, shard_tools.ShardSpec(shards=3, per_shard=5))
+    build_shards(data, ShardSpec(shards=3, per_shard=5))
     # Our runs write config.json beside the shards: the trainer takes the teachers from it.
     config = {"teachers": [{"dim": 8, "kd_logit_scale": 100.0}, {"dim": 12, "kd_logit_scale": 50.0}]}
     (data / "config.json").write_text(json.dumps(config))
@@ -142,10 +141,10 @@ def test_resuming_an_interrupted_run_gives_exactly_the_uninterrupted_result(
 
 
 def test_a_resume_with_other_settings_or_missing_teacher_widths_fails_at_start(
-    tmp_path: Path, shard_tools: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
-    shard_tools.build_shards(data, shard_tools.ShardSpec(shards=1, per_shard=4))
+    build_shards(data, ShardSpec(shards=1, per_shard=4))
     argv = ["--data", str(data / "*.tar"), "--model", "tiny", "--batch-size", "2", "--workers", "0"]
     run = str(tmp_path / "run")
     train.main([*argv, "--steps", "2", "--output", run, *FLAGS])
@@ -157,11 +156,9 @@ def test_a_resume_with_other_settings_or_missing_teacher_widths_fails_at_start(
     assert exit_info.value.code == 2 and "--teacher-dims" in capsys.readouterr().err
 
 
-def test_bf16_training_saves_fp32_checkpoints_that_resume(
-    tmp_path: Path, shard_tools: SimpleNamespace
-) -> None:
+def test_bf16_training_saves_fp32_checkpoints_that_resume(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    shard_tools.build_shards(data, shard_tools.ShardSpec(shards=1, per_shard=6))
+    build_shards(data, ShardSpec(shards=1, per_shard=6))
     argv = ["--data", str(data / "*.tar"), "--model", "tiny", "--batch-size", "3", "--workers", "0"]
     run = tmp_path / "run"
     common = [*argv, "--precision", "bf16", "--output", str(run), "--checkpoint-every", "2", *FLAGS]

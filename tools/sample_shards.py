@@ -4,7 +4,7 @@ The photos are the CC0 / public-domain images that scikit-image ships (see sampl
 the demo and tests run offline on real pixels. Every size, mode, format and member order below is
 chosen to exercise what real shards hold; the output is byte-identical on every rebuild.
 
-    python -m pipeline.sample_shards --out samples/raw
+    python -m tools.sample_shards --out samples/raw
 """
 
 from __future__ import annotations

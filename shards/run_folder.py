@@ -1,8 +1,15 @@
-"""Per-shard outcome files (errors, stats = commit marker) and the run-level manifest and summary.
+"""The output folder of a run: every file name in it, and reading and writing its run files.
 
-A shard is done exactly when its `NNNNNNNN_stats.json` exists: it is written last, after the tar,
-parquet and errors file, so a resumed run redoes any shard whose stats file is missing. Stats hold
-wall-clock times per stage and so differ between runs; every other output file is byte-identical.
+Written by the job: per shard `NNNNNNNN.tar`/`.parquet` (shards/writer.py), `NNNNNNNN_errors.jsonl` and
+`NNNNNNNN_stats.json`, and for the run `config.json` (shards/run_config.py), `manifest.jsonl` and
+`summary.json`. A shard is done exactly when its stats file exists: it is written last, so a resumed
+run redoes any shard whose stats file is missing. Stats hold wall-clock times per stage and so differ
+between runs; every other output file is byte-identical.
+
+Read by inspect, validate and the trainer through `open_run(PATH)`: a PATH is one shard, a glob of
+shards, or an output folder. Public DataCompDR shards have no run files, so every run file is
+optional when reading, and reading one never raises: a missing or unreadable file comes back as None
+plus a problem string for the validator to report.
 """
 
 from __future__ import annotations
@@ -15,14 +22,17 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline import storage
-from pipeline.raw_shards import SkippedSample
+from shards import storage
+from shards.raw import SkippedSample
+from shards.teacher_slices import TeacherSlice, slices_from_config
 
+CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
 STATS_SUFFIX = "_stats.json"
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 ERRORS_SUFFIX = "_errors.jsonl"
+_GLOB_CHARS = frozenset("*?[")
 
 
 def shard_name(input_path: str) -> str:
@@ -136,7 +146,7 @@ class RunSummary:
         return data
 
 
-def summarize(shards: list[str], stats: dict[str, ShardStats]) -> RunSummary:
+def summarize_run(shards: list[str], stats: dict[str, ShardStats]) -> RunSummary:
     skipped: Counter[str] = Counter()
     shard_errors: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
@@ -186,8 +196,115 @@ def finalize_run(output_dir: str, shards: list[str]) -> RunSummary:
     """Write manifest.jsonl and summary.json from every committed shard's stats."""
     stats = committed_stats(output_dir, shards)
     storage.write_bytes_atomic(storage.join(output_dir, MANIFEST_FILE), manifest_bytes(shards, stats))
-    summary = summarize(shards, stats)
+    summary = summarize_run(shards, stats)
     storage.write_bytes_atomic(
         storage.join(output_dir, SUMMARY_FILE), (json.dumps(summary.to_dict(), indent=2) + "\n").encode()
     )
     return summary
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """The shards a PATH names, and the run files found beside them (None where absent)."""
+
+    path: str
+    root: str  # the folder holding the shards (and run files, when there are any)
+    shards: list[str]  # tar paths, sorted
+    is_folder: bool  # PATH named a whole output folder, so every run file is expected to describe it
+    config: dict[str, Any] | None = None
+    manifest: list[dict[str, Any]] | None = None
+    problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, what)
+
+    @property
+    def config_path(self) -> str:
+        return storage.join(self.root, CONFIG_FILE)
+
+    @property
+    def manifest_path(self) -> str:
+        return storage.join(self.root, MANIFEST_FILE)
+
+    def stats_path(self, shard: str) -> str:
+        return output_paths(self.root, shard_name(shard))["stats"]
+
+    def errors_path(self, shard: str) -> str:
+        return output_paths(self.root, shard_name(shard))["errors"]
+
+    def parquet_path(self, shard: str) -> str:
+        return output_paths(self.root, shard_name(shard))["parquet"]
+
+    def stats(self, shard: str) -> ShardStats | None:
+        """The shard's committed stats, or None (public shards, unfinished shards, unreadable files)."""
+        data = _read_json(self.stats_path(shard), self.problems)
+        if data is None:
+            return None
+        try:
+            return ShardStats.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            self.problems.append((self.stats_path(shard), f"not a stats file: {error}"))
+            return None
+
+    def errors(self, shard: str) -> list[dict[str, Any]] | None:
+        """The shard's errors-file records (`key`, `reason`, ...); None when there is no such file."""
+        return _read_jsonl(self.errors_path(shard), self.problems)
+
+    def teacher_slices(self) -> list[TeacherSlice] | None:
+        """Per-teacher column ranges from config.json, or None when there is no usable config."""
+        try:
+            return slices_from_config(self.config or {})
+        except ValueError as error:
+            self.problems.append((self.config_path, str(error)))
+            return None
+
+
+def open_run(path: str) -> RunFolder:
+    """Resolve PATH into its shards and read the run files beside them."""
+    path = path.rstrip("/") if len(path) > 1 else path
+    if any(char in _GLOB_CHARS for char in path):
+        shards, root, is_folder = storage.match(path), storage.dirname(path), False
+    elif path.endswith(".tar"):
+        shards, root, is_folder = [path], storage.dirname(path), False
+    else:
+        shards, root, is_folder = storage.match(storage.join(path, "*.tar")), path, True
+    run = RunFolder(path=path, root=root, shards=shards, is_folder=is_folder)
+    run.config = _read_json(run.config_path, run.problems)
+    run.manifest = _read_jsonl(run.manifest_path, run.problems, required="shard")
+    return run
+
+
+def _read_json(path: str, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
+    if not storage.exists(path):
+        return None
+    try:
+        data = json.loads(storage.read_text(path))
+    except (ValueError, UnicodeDecodeError, OSError) as error:
+        problems.append((path, f"unreadable JSON: {error}"))
+        return None
+    if not isinstance(data, dict):
+        problems.append((path, "not a JSON object"))
+        return None
+    return data
+
+
+def _read_jsonl(
+    path: str, problems: list[tuple[str, str]], *, required: str | None = None
+) -> list[dict[str, Any]] | None:
+    """The JSON objects of a JSON-lines file, None when it is missing. A line that is not an object,
+    or whose `required` field is not a string, is left out and recorded as a problem."""
+    if not storage.exists(path):
+        return None
+    records = []
+    for number, line in enumerate(storage.read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append((path, f"line {number} is not JSON: {error}"))
+            continue
+        if not isinstance(record, dict):
+            problems.append((path, f"line {number} is not a JSON object"))
+        elif required is not None and not isinstance(record.get(required), str):
+            problems.append((path, f"line {number} has no {required}"))
+        else:
+            records.append(record)
+    return records

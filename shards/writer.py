@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import storage
-from pipeline.shard_format import (
+from shards import storage
+from shards.reinforced import (
     EmbeddingDtype,
     Layout,
     ReinforcedSample,

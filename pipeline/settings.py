@@ -1,45 +1,23 @@
-"""The settings of one reinforcement run, and the run's `config.json` that trainers and validators read.
+"""The settings of one reinforcement run, and what of them goes into the run's `config.json`.
 
 `ReinforceSettings` is what every worker needs (plain values, cheap to pickle into the Beam graph;
 models travel as spec strings, never as objects). `config.json` is written once, atomically, before
-any shard: a resumed run must have the same config, or its shards would not belong together.
+any shard (shards/run_config.py): a resumed run must have the same config, or its shards would not
+belong together.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import platform
-from importlib import metadata
 from typing import Any
 
-from pipeline import storage
+from shards.run_config import SCHEMA_VERSION, ConfigError, library_versions
 
-SCHEMA_VERSION = 1
-CONFIG_FILE = "config.json"
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 # Decompression-bomb cap (≈ 5800² px): far above DataComp's 512-px images, far below a worker's memory.
 DEFAULT_MAX_IMAGE_PIXELS = 2**25
 DEFAULT_BATCH_SIZE = 64
-# Libraries whose versions can change the bytes we write; recorded so a run can be reproduced.
-VERSIONED_LIBRARIES = (
-    "datacompdr-reinforce",
-    "apache-beam",
-    "torch",
-    "torchvision",
-    "open_clip_torch",
-    "transformers",
-    "timm",
-    "numpy",
-    "pillow",
-    "pyarrow",
-    "webdataset",
-)
-
-
-class ConfigError(ValueError):
-    """The run cannot start as configured (bad flag value, unloadable model, mismatched resume)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,16 +83,6 @@ class ReinforceSettings:
         return max(1, self.batch_size // self.num_captions)
 
 
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED_LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def build_run_config(
     settings: ReinforceSettings,
     *,
@@ -140,34 +108,3 @@ def build_run_config(
         "max_image_pixels": settings.max_image_pixels,
         "versions": library_versions(),
     }
-
-
-def config_bytes(config: dict[str, Any]) -> bytes:
-    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def write_or_check_run_config(output_dir: str, config: dict[str, Any]) -> bool:
-    """Write config.json, or, when resuming, insist the existing one describes the same run.
-
-    Returns True when a config was already there (a resumed run). Only library versions may differ:
-    a resumed run on an upgraded machine is still the same run, and the first versions are kept.
-    """
-    path = storage.join(output_dir, CONFIG_FILE)
-    if not storage.exists(path):
-        storage.write_bytes_atomic(path, config_bytes(config))
-        return False
-    try:
-        existing = json.loads(storage.read_text(path))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); remove it or pick a new --output") from exc
-    differing = sorted(
-        key
-        for key in set(existing) | set(config)
-        if key != "versions" and existing.get(key) != json.loads(json.dumps(config.get(key)))
-    )
-    if differing:
-        raise ConfigError(
-            f"{path} was written by a run with different settings ({', '.join(differing)}); "
-            "resume with the same settings or pick a new --output"
-        )
-    return True

@@ -21,7 +21,7 @@ import torch
 import webdataset.tariterators as wds_tar
 from webdataset import TarWriter
 
-from pipeline import storage
+from shards import storage
 
 Layout = Literal["v1", "v2"]
 EmbeddingDtype = Literal["fp32", "bf16"]

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline import storage
+from shards import storage
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTENSION = "txt"

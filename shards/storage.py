@@ -6,10 +6,11 @@ reader (or a resumed run) never sees a half-written file under its final name.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -123,3 +124,35 @@ def _put_empty_s3_object(path: str) -> None:
 
 def write_text_atomic(path: str, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def parse_known_beam_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Our flags into the namespace; the rest, as `beam_args`, must be Beam options (typos are refused)
+    and set the filesystem options of this process, so gs:// and s3:// paths work in every CLI."""
+    args, beam_args = parser.parse_known_args(argv)
+    unusable = unusable_beam_args(beam_args)
+    if unusable:
+        parser.error(f"unrecognized arguments: {' '.join(unusable)}")
+    use_filesystem_options(beam_args)
+    args.beam_args = beam_args
+    return args
+
+
+def unusable_beam_args(beam_args: list[str]) -> list[str]:
+    """Arguments neither we nor Beam understand: Beam would drop them with a log line, we refuse them.
+
+    A mistyped flag (`--num-view 3`) or an unquoted glob that the shell expanded into several paths
+    would otherwise run a job with settings the user did not ask for.
+    """
+    if any(arg in ("--runner=DaskRunner", "DaskRunner") for arg in beam_args):
+        import apache_beam.runners.dask.dask_runner  # noqa: F401  (registers the --dask_* options)
+    known = PipelineOptions(beam_args).get_all_options(display_warnings=False)
+    retained = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True, display_warnings=False)
+    unknown = [f"--{name}" for name in sorted(set(retained) - set(known))]
+    stray = [
+        arg
+        for i, arg in enumerate(beam_args)
+        if not arg.startswith("-")
+        and (i == 0 or not beam_args[i - 1].startswith("--") or "=" in beam_args[i - 1])
+    ]
+    return unknown + stray

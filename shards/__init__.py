@@ -1,0 +1,1 @@
+"""The data contract in code: raw and reinforced shards, run folder, config.json, teacher slices, storage."""

@@ -1,0 +1,91 @@
+"""The run's `config.json`: written once per run, checked on resume, and read back by every consumer.
+
+It must run as is in the public MobileCLIP trainer (contract §2), which reads only
+`reinforce.image_augmentation`; the other keys are ours. Readers of public shards, which come
+without one, get DataCompDR's own recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+from importlib import metadata
+from typing import Any
+
+from shards import storage
+from shards.run_folder import CONFIG_FILE
+from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
+
+SCHEMA_VERSION = 1
+# Libraries whose versions can change the bytes we write; recorded so a run can be reproduced.
+VERSIONED_LIBRARIES = (
+    "datacompdr-reinforce",
+    "apache-beam",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "transformers",
+    "timm",
+    "numpy",
+    "pillow",
+    "pyarrow",
+    "webdataset",
+)
+
+
+class ConfigError(ValueError):
+    """The run cannot start as configured (bad flag value, unloadable model, mismatched resume)."""
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def config_bytes(config: dict[str, Any]) -> bytes:
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write_or_check_run_config(output_dir: str, config: dict[str, Any]) -> bool:
+    """Write config.json, or, when resuming, insist the existing one describes the same run.
+
+    Returns True when a config was already there (a resumed run). Only library versions may differ:
+    a resumed run on an upgraded machine is still the same run, and the first versions are kept.
+    """
+    path = storage.join(output_dir, CONFIG_FILE)
+    if not storage.exists(path):
+        storage.write_bytes_atomic(path, config_bytes(config))
+        return False
+    try:
+        existing = json.loads(storage.read_text(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); remove it or pick a new --output") from exc
+    differing = sorted(
+        key
+        for key in set(existing) | set(config)
+        if key != "versions" and existing.get(key) != json.loads(json.dumps(config.get(key)))
+    )
+    if differing:
+        raise ConfigError(
+            f"{path} was written by a run with different settings ({', '.join(differing)}); "
+            "resume with the same settings or pick a new --output"
+        )
+    return True
+
+
+def image_augmentation(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The view recipe the data was made with: the run's, else DataCompDR's (public shards come
+    without a config, and a hand-written one for them may name only the teachers)."""
+    recipe = ((config or {}).get("reinforce") or {}).get("image_augmentation")
+    return recipe if recipe else copy.deepcopy(DATACOMPDR_AUGMENTATION)
+
+
+def augmenter_from_config(config: dict[str, Any] | None) -> ViewAugmenter:
+    """The augmenter that replays the data's views; ValueError when its recipe cannot be replayed."""
+    return ViewAugmenter.from_config(image_augmentation(config))
