@@ -67,24 +67,24 @@ def beam_counters(result: Any) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
-def find_input_shards(pattern: str) -> list[str]:
-    """Raw shards matching the glob, sorted; names must be unique, since outputs are named after them."""
+def find_input_shards(pattern: str, flag: str = "--input") -> list[str]:
+    """Shards matching the glob, sorted; names must be unique, since outputs are named after them."""
     try:
         paths = [p for p in storage.match(pattern) if p.endswith(".tar")]
     except Exception as exc:  # Beam raises BeamIOError for an unreachable bucket or a bad scheme
-        raise ConfigError(f"cannot list --input {pattern!r}: {exc}") from exc
+        raise ConfigError(f"cannot list {flag} {pattern!r}: {exc}") from exc
     if not paths:
         hint = (
             ""
             if any(c in pattern for c in "*?[")
-            else f" (a folder? try --input '{pattern.rstrip('/')}/*.tar')"
+            else f" (a folder? try {flag} '{pattern.rstrip('/')}/*.tar')"
         )
-        raise ConfigError(f"no .tar shards match --input {pattern!r}{hint}")
+        raise ConfigError(f"no .tar shards match {flag} {pattern!r}{hint}")
     names = Counter(shard_name(p) for p in paths)
     clashes = sorted(name for name, count in names.items() if count > 1)
     if clashes:
         raise ConfigError(
-            f"input shards share a name across folders ({', '.join(clashes[:5])}): outputs would clash"
+            f"{flag} shards share a name across folders ({', '.join(clashes[:5])}): outputs would clash"
         )
     return paths
 

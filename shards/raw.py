@@ -58,6 +58,9 @@ class RawSample:
     caption: str
     meta: dict[str, Any]
     url: str | None
+    # Where the image bytes start in the tar, for a later ranged read (None in a compressed tar).
+    image_offset: int | None = None
+    has_caption: bool = True  # False only with `require_caption=False`: `caption` is then ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +92,18 @@ def is_unsafe_member_name(name: str) -> bool:
 class _Group:
     key: str
     members: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    offsets: dict[str, int] = dataclasses.field(default_factory=dict)
     problem: SkippedSample | None = None
 
 
 def iter_raw_shard(
-    path: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    path: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, require_caption: bool = True
 ) -> Iterator[RawSample | SkippedSample]:
-    """Yield the shard's samples in tar order; every skip is a SkippedSample with a reason."""
+    """Yield the shard's samples in tar order; every skip is a SkippedSample with a reason.
+
+    `require_caption=False` keeps a sample that has no caption (`has_caption` False), for readers
+    that can find the caption elsewhere (the join's metadata parquet).
+    """
     shard = storage.basename(path)
     try:
         stream = storage.open_read(path)
@@ -103,10 +111,12 @@ def iter_raw_shard(
         yield SkippedSample(shard, SkipReason.UNREADABLE_SHARD, _short(exc), whole_shard=True)
         return
     with stream:
-        yield from _iter_stream(stream, shard, max_member_bytes)
+        yield from _iter_stream(stream, shard, max_member_bytes, require_caption)
 
 
-def _iter_stream(stream: Any, shard: str, max_member_bytes: int) -> Iterator[RawSample | SkippedSample]:
+def _iter_stream(
+    stream: Any, shard: str, max_member_bytes: int, require_caption: bool
+) -> Iterator[RawSample | SkippedSample]:
     seen_keys: set[str] = set()
     seen_uids: set[str] = set()
     group: _Group | None = None
@@ -120,6 +130,8 @@ def _iter_stream(stream: Any, shard: str, max_member_bytes: int) -> Iterator[Raw
         reason = SkipReason.EMPTY_TAR if empty else SkipReason.CORRUPT_TAR
         yield SkippedSample(shard, reason, _short(exc), whole_shard=True)
         return
+    # Member offsets are positions in the file only when the tar is not compressed.
+    seekable = getattr(archive.fileobj, "comptype", "tar") == "tar"
     with archive:
         try:
             for info in archive:
@@ -128,7 +140,7 @@ def _iter_stream(stream: Any, shard: str, max_member_bytes: int) -> Iterator[Raw
                 members_read += 1
                 key, ext = split_member_name(info.name)
                 if group is not None and key != group.key:
-                    yield from _finish(group, seen_keys, seen_uids)
+                    yield from _finish(group, seen_keys, seen_uids, require_caption)
                     group = None
                 if group is None:
                     group = _Group(key)
@@ -149,12 +161,14 @@ def _iter_stream(stream: Any, shard: str, max_member_bytes: int) -> Iterator[Raw
                 else:
                     member = archive.extractfile(info)
                     group.members[ext] = member.read() if member is not None else b""
+                    if seekable:
+                        group.offsets[ext] = info.offset_data
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             truncated = isinstance(exc, EOFError) or "unexpected end" in str(exc).lower()
             reason = SkipReason.TRUNCATED_TAR if truncated else SkipReason.CORRUPT_TAR
             damage = SkippedSample(shard, reason, _short(exc), whole_shard=True)
     if group is not None:
-        for item in _finish(group, seen_keys, seen_uids):
+        for item in _finish(group, seen_keys, seen_uids, require_caption):
             if damage is not None and isinstance(item, SkippedSample):
                 # The damage cut this sample short: that, not a missing member, is why it is lost.
                 item = SkippedSample(item.key, damage.reason, item.reason)
@@ -170,17 +184,19 @@ def _open_stream_tar(stream: Any) -> tarfile.TarFile:
     return tarfile.open(fileobj=stream, mode="r|*")
 
 
-def _finish(group: _Group, seen_keys: set[str], seen_uids: set[str]) -> Iterator[RawSample | SkippedSample]:
+def _finish(
+    group: _Group, seen_keys: set[str], seen_uids: set[str], require_caption: bool
+) -> Iterator[RawSample | SkippedSample]:
     if group.problem is not None:
         if group.problem.reason != SkipReason.DUPLICATE_KEY:
             seen_keys.add(group.key)
         yield group.problem
         return
     seen_keys.add(group.key)
-    yield _to_sample(group, seen_uids)
+    yield _to_sample(group, seen_uids, require_caption)
 
 
-def _to_sample(group: _Group, seen_uids: set[str]) -> RawSample | SkippedSample:
+def _to_sample(group: _Group, seen_uids: set[str], require_caption: bool) -> RawSample | SkippedSample:
     key, members = group.key, group.members
     image_exts = [ext for ext in IMAGE_EXTENSIONS if ext in members]
     if not image_exts:
@@ -202,8 +218,10 @@ def _to_sample(group: _Group, seen_uids: set[str]) -> RawSample | SkippedSample:
             return SkippedSample(key, SkipReason.CAPTION_NOT_UTF8, _short(exc))
     elif isinstance(meta.get("caption"), str):
         caption = meta["caption"]  # the same alt-text, stored by img2dataset in the json too
-    else:
+    elif require_caption:
         return SkippedSample(key, SkipReason.MISSING_CAPTION)
+    else:
+        caption = None
     raw_uid = meta.get("uid")
     uid = raw_uid if isinstance(raw_uid, str) and _SAFE_UID.match(raw_uid) else key
     if uid in seen_uids:
@@ -216,9 +234,11 @@ def _to_sample(group: _Group, seen_uids: set[str]) -> RawSample | SkippedSample:
         uid=uid,
         image=members[ext],
         image_ext=ext,
-        caption=caption,
+        caption=caption or "",
         meta=meta,
         url=url if isinstance(url, str) else None,
+        image_offset=group.offsets.get(ext),
+        has_caption=caption is not None,
     )
 
 

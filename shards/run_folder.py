@@ -2,7 +2,8 @@
 
 Written by the job: per shard `NNNNNNNN.tar`/`.parquet` (shards/writer.py), `NNNNNNNN_errors.jsonl` and
 `NNNNNNNN_stats.json`, and for the run `config.json` (shards/run_config.py), `manifest.jsonl` and
-`summary.json`. A shard is done exactly when its stats file exists: it is written last, so a resumed
+`summary.json`; the join adds `NNNNNNNN_refetch.jsonl` and `refetch.parquet` with `--on-mismatch list`.
+A shard is done exactly when its stats file exists: it is written last, so a resumed
 run redoes any shard whose stats file is missing. Stats hold wall-clock times per stage and so differ
 between runs; every other output file is byte-identical.
 
@@ -32,6 +33,9 @@ SUMMARY_FILE = "summary.json"
 STATS_SUFFIX = "_stats.json"
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 ERRORS_SUFFIX = "_errors.jsonl"
+# The join's `--on-mismatch list`: per shard, then for the run, the samples whose image to fetch again.
+REFETCH_SUFFIX = "_refetch.jsonl"
+REFETCH_FILE = "refetch.parquet"
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -47,6 +51,7 @@ def output_paths(output_dir: str, shard: str) -> dict[str, str]:
         "parquet": storage.join(output_dir, f"{shard}.parquet"),
         "errors": storage.join(output_dir, f"{shard}{ERRORS_SUFFIX}"),
         "stats": storage.join(output_dir, f"{shard}{STATS_SUFFIX}"),
+        "refetch": storage.join(output_dir, f"{shard}{REFETCH_SUFFIX}"),
     }
 
 

@@ -1,0 +1,186 @@
+"""The join's Beam graph: index both sides by uid, CoGroupByKey, route to output shards, write them.
+
+    reinforced shards ─ (uid, shard) ────┐
+    raw shards ─ (uid, RawRef) ──────────┼─ CoGroupByKey(uid) ─ route ─┐
+    metadata parquet ─ (uid, text) ──────┘                             ├─ CoGroupByKey(shard)
+    pending reinforced shards ─ (shard, path) ─────────────────────────┘     ─ join shard ─ finalize
+
+Only small records cross the shuffles: a reinforced uid with its shard name, and per raw sample a
+`RawRef` (where its image is, its sha256, caption and json; the image bytes themselves only for a
+compressed raw tar). The worker that writes an output shard holds that shard's refs (about 1 KB per
+sample) and streams the reinforced shard and one image at a time. Output shard = the reinforced
+shard it came from, so it is resumable and deterministic whatever order the shuffle delivers in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from beam_jobs.reinforce_graph import NAMESPACE, FinalizeRunFn
+from pipeline.join_pairs import JoinShardSettings, RawRef, UidSources, index_raw_shard, join_shard
+from shards import storage
+from shards.reinforced import iter_members
+from shards.run_folder import REFETCH_FILE, committed_shards, output_paths
+
+_LOG = logging.getLogger(__name__)
+METADATA_COLUMNS = ("uid", "text")  # DataComp's metadata parquet: the uid and the original alt-text
+
+
+def _count(name: str, value: int = 1) -> None:
+    Metrics.counter(NAMESPACE, name).inc(value)
+
+
+class ReinforcedKeysFn(beam.DoFn):
+    """Input: (shard name, reinforced tar path). Output: (uid, shard name) per sample."""
+
+    def process(self, item: tuple[str, str]) -> Iterable[tuple[str, str]]:
+        shard, path = item
+        try:
+            for members in iter_members(path):
+                yield str(members.get("__key__", "")), shard
+        except Exception as exc:  # a damaged tar: the shard step reads what it can and records it
+            _LOG.warning("reinforced shard %s: %s", path, exc)
+
+
+class IndexRawFn(beam.DoFn):
+    """Input: a raw tar path. Output: (uid, RawRef) per usable raw sample; bad ones are counted."""
+
+    def process(self, path: str) -> Iterable[tuple[str, RawRef]]:
+        for item in index_raw_shard(path):
+            if isinstance(item, RawRef):
+                _count("raw_samples_indexed")
+                yield item.uid, item
+            else:
+                _count(f"raw_skipped_{item.reason}")
+
+
+class MetadataCaptionsFn(beam.DoFn):
+    """Input: a DataComp metadata parquet path. Output: (uid, text), read one row group at a time."""
+
+    def process(self, path: str) -> Iterable[tuple[str, str]]:
+        with storage.open_read(path) as stream:
+            parquet = pq.ParquetFile(stream)
+            for batch in parquet.iter_batches(columns=list(METADATA_COLUMNS)):
+                for uid, text in zip(
+                    batch.column("uid").to_pylist(), batch.column("text").to_pylist(), strict=True
+                ):
+                    if isinstance(uid, str) and isinstance(text, str):
+                        yield uid, text
+
+
+def route_to_shards(
+    item: tuple[str, dict[str, Iterable[Any]]],
+) -> Iterable[tuple[str, tuple[str, UidSources]]]:
+    """Per uid: what the raw side has for it, sent to every output shard that holds the uid."""
+    uid, sides = item
+    shards = sorted(set(sides["reinforced"]))
+    if not shards:
+        _count("raw_samples_unused")  # raw samples of uids no pending reinforced shard holds
+        return
+    refs = tuple(sorted(sides["raw"], key=lambda ref: ref.order))
+    captions = sorted(sides["metadata"])
+    sources = UidSources(refs, captions[0] if captions else None)
+    for shard in shards:
+        yield shard, (uid, sources)
+
+
+class JoinShardFn(beam.DoFn):
+    """Input: (shard name, {"path": [tar path], "pairs": [(uid, UidSources)]}). Output: the shard name
+    once its stats file (the commit) is written."""
+
+    def __init__(self, settings: JoinShardSettings) -> None:
+        self._settings = settings
+
+    def process(self, item: tuple[str, dict[str, Iterable[Any]]]) -> Iterable[str]:
+        shard, sides = item
+        paths = list(sides["path"])
+        if paths:  # else: uids of a shard an earlier run already finished
+            yield self._join(shard, paths[0], dict(sides["pairs"]))
+
+    def _join(self, shard: str, path: str, sources: dict[str, UidSources]) -> str:
+        done = Metrics.counter(NAMESPACE, "samples_done")
+        stats = join_shard(path, sources, self._settings, on_sample=done.inc)
+        _count("samples_written", stats.num_written)
+        _count("samples_read", stats.num_read)
+        for reason, count in stats.skipped.items():
+            _count(f"skipped_{reason}", count)
+        for reason, count in stats.shard_errors.items():
+            _count(f"shard_error_{reason}", count)
+        _count("shards_done")
+        _LOG.info("shard %s: %d joined, %d skipped", shard, stats.num_written, stats.num_skipped)
+        return shard
+
+
+class WriteRefetchListFn(beam.DoFn):
+    """Runs once after every shard: `refetch.parquet` (uid, url, reason) from the per-shard lists, in
+    shard order; img2dataset reads it with `--input_format parquet --url_col url`."""
+
+    def __init__(self, output_dir: str, shards: list[str]) -> None:
+        self._output_dir = output_dir
+        self._shards = shards
+
+    def process(self, _done: list[str]) -> Iterable[int]:
+        import json
+
+        rows: list[dict[str, Any]] = []
+        done = committed_shards(self._output_dir)
+        for shard in sorted(self._shards):
+            path = output_paths(self._output_dir, shard)["refetch"]
+            if shard in done and storage.exists(path):
+                rows.extend(json.loads(line) for line in storage.read_text(path).splitlines() if line)
+        schema = pa.schema([("uid", pa.string()), ("url", pa.string()), ("reason", pa.string())])
+        table = pa.Table.from_pylist(rows, schema=schema)
+        with storage.atomic_write(storage.join(self._output_dir, REFETCH_FILE)) as f:
+            pq.write_table(table, f, compression="zstd")
+        yield len(rows)
+
+
+def build_graph(
+    pipeline: beam.Pipeline,
+    settings: JoinShardSettings,
+    *,
+    pending: dict[str, str],
+    all_shards: list[str],
+    raw_paths: list[str],
+    metadata_paths: list[str],
+) -> None:
+    """`pending`: output shard name -> its reinforced tar, for shards still to do."""
+    pending_items = sorted(pending.items())
+    shard_paths = pipeline | "PendingShards" >> beam.Create(pending_items, reshuffle=False)
+    reinforced = (
+        shard_paths
+        | "SpreadReinforced" >> beam.Reshuffle()
+        | "ReinforcedKeys" >> beam.ParDo(ReinforcedKeysFn())
+    )
+    raw = (
+        pipeline
+        | "RawShards" >> beam.Create(raw_paths, reshuffle=False)
+        | "SpreadRaw" >> beam.Reshuffle()
+        | "IndexRaw" >> beam.ParDo(IndexRawFn())
+    )
+    metadata = (
+        pipeline
+        | "MetadataFiles" >> beam.Create(metadata_paths, reshuffle=False)
+        | "MetadataCaptions" >> beam.ParDo(MetadataCaptionsFn())
+    )
+    routed = (
+        {"reinforced": reinforced, "raw": raw, "metadata": metadata}
+        | "JoinByUid" >> beam.CoGroupByKey()
+        | "RouteToShards" >> beam.FlatMap(route_to_shards)
+    )
+    done = (
+        {"path": shard_paths, "pairs": routed}
+        | "GroupByShard" >> beam.CoGroupByKey()
+        | "JoinShard" >> beam.ParDo(JoinShardFn(settings))
+        | "AllShardsDone" >> beam.combiners.ToList()
+    )
+    _ = done | "WriteManifest" >> beam.ParDo(FinalizeRunFn(settings.output_dir, all_shards))
+    if settings.on_mismatch == "list":
+        _ = done | "WriteRefetchList" >> beam.ParDo(WriteRefetchListFn(settings.output_dir, all_shards))

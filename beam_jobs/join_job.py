@@ -1,0 +1,112 @@
+"""Launch one join run: list both sides, write or check config.json, run the graph on the pending shards.
+
+A shard is done when its stats file exists; a rerun joins only the others. The raw side is indexed
+again on every run (which raw tar holds a uid is only known by reading them all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs.join_graph import build_graph
+from beam_jobs.reinforce_job import JobOutcome, beam_counters, find_input_shards
+from beam_jobs.runners import create_runner, is_local
+from pipeline.join_settings import (
+    JoinSettings,
+    first_sample_shape,
+    join_run_config,
+    shard_settings,
+    source_config,
+)
+from pipeline.progress import ShardProgress
+from shards import storage
+from shards.run_config import ConfigError, write_or_check_run_config
+from shards.run_folder import (
+    committed_shards,
+    committed_stats,
+    remove_stale_temporaries,
+    shard_name,
+    summarize_run,
+)
+from shards.storage import unusable_beam_args
+
+_LOG = logging.getLogger(__name__)
+
+
+def _match(pattern: str, flag: str, suffix: str) -> list[str]:
+    try:
+        paths = [p for p in storage.match(pattern) if p.endswith(suffix)]
+    except Exception as exc:  # BeamIOError for an unreachable bucket or a bad scheme
+        raise ConfigError(f"cannot list {flag} {pattern!r}: {exc}") from exc
+    if not paths:
+        raise ConfigError(f"no {suffix} files match {flag} {pattern!r}")
+    return paths
+
+
+def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: bool = True) -> JobOutcome:
+    """Run (or resume) the join; raises ConfigError before any work when misconfigured."""
+    settings.validate()
+    unusable = unusable_beam_args(beam_args)
+    if unusable:
+        raise ConfigError(
+            f"unknown arguments {' '.join(unusable)} (not ours, not Beam's; see --help). "
+            "Quote globs so the shell leaves them alone: --raw 'raw/*.tar'"
+        )
+    options = PipelineOptions(beam_args)
+    storage.use_filesystem_options(options)
+    reinforced = find_input_shards(settings.reinforced_pattern, "--reinforced")
+    raw = _match(settings.raw_pattern, "--raw", ".tar")
+    metadata = (
+        _match(settings.raw_metadata_pattern, "--raw-metadata", ".parquet")
+        if settings.raw_metadata_pattern
+        else []
+    )
+    config = join_run_config(settings, first_sample_shape(reinforced), source_config(settings))
+    write_or_check_run_config(settings.output_dir, config)
+    shards = [shard_name(p) for p in reinforced]
+    done = committed_shards(settings.output_dir)
+    pending = {shard_name(p): p for p in reinforced if shard_name(p) not in done}
+    for shard in pending:  # a killed earlier attempt may have left temporaries behind
+        remove_stale_temporaries(settings.output_dir, shard)
+    _LOG.info(
+        "%d output shards, %d already done, %d to do", len(shards), len(shards) - len(pending), len(pending)
+    )
+
+    start = time.monotonic()
+    pipeline = beam.Pipeline(runner=create_runner(options), options=options)
+    build_graph(
+        pipeline,
+        shard_settings(settings, config),
+        pending=pending,
+        all_shards=shards,
+        raw_paths=raw,
+        metadata_paths=metadata,
+    )
+    local = is_local(options)
+    with (
+        ShardProgress(settings.output_dir, sorted(pending))
+        if show_progress and local and pending
+        else contextlib.nullcontext()
+    ):
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+        finally:
+            client = getattr(result, "client", None)  # Beam's Dask runner leaves its client connected
+            if client is not None:
+                client.close()
+    wall = time.monotonic() - start
+    stats = committed_stats(settings.output_dir, shards)
+    done_now = [shard for shard in pending if shard in stats]
+    return JobOutcome(
+        summary=summarize_run(shards, stats),
+        shards_already_done=len(shards) - len(pending),
+        written_this_run=sum(stats[s].num_written for s in done_now),
+        wall_seconds=wall,
+        counters=beam_counters(result),
+    )

@@ -1,0 +1,117 @@
+"""`python -m pipeline.join`: public DataCompDR shards (no images, no captions) + raw img2dataset shards
+in, complete reinforced shards out, paired by uid and checked pair by pair.
+
+Exit status: 0 when samples were joined (skipped pairs are reported, not fatal); 1 when none could
+be joined or the pipeline failed; 2 when the configuration is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.join_pairs import ON_MISMATCH
+from pipeline.progress import summary_table
+from pipeline.reinforce import EXIT_CONFIG, EXIT_NOTHING_DONE, EXIT_OK
+from shards import storage
+from shards.run_config import ConfigError
+from shards.run_folder import ERRORS_SUFFIX, REFETCH_FILE
+from shards.teacher_slices import parse_teacher_dims
+
+EPILOG = """\
+Output per reinforced shard NNNNNNNN.tar (same name): NNNNNNNN.tar and .parquet (the joined samples,
+in the reinforced shard's order), NNNNNNNN_errors.jsonl (every pair not written: uid, reason, detail),
+NNNNNNNN_stats.json (written last: the shard is done; `skipped` counts by reason), and with
+--on-mismatch list NNNNNNNN_refetch.jsonl. Per run: config.json, manifest.jsonl, summary.json and,
+with --on-mismatch list, refetch.parquet (uid, url, reason) for img2dataset. Reasons: image_missing,
+hash_mismatch, box_out_of_bounds, caption_missing, image_undecodable, bad_reinforced_sample,
+layout_mismatch. Re-running the same command resumes after the done shards.
+Any other --flag is a Beam pipeline option (--runner DirectRunner, --direct_num_workers 2, ...).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.join",
+        description="Join public DataCompDR shards with your raw img2dataset shards by uid on Apache Beam.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--reinforced", required=True, help="glob of reinforced shards, e.g. 'DCDR/*.tar'")
+    parser.add_argument("--raw", required=True, help="glob of raw img2dataset shards, e.g. 'DATACOMP/*.tar'")
+    parser.add_argument("--output", required=True, help="output folder (local, gs:// or s3://)")
+    parser.add_argument(
+        "--raw-metadata",
+        help="glob of DataComp metadata parquet (columns uid, text): captions for raw samples without txt",
+    )
+    parser.add_argument(
+        "--on-mismatch",
+        choices=ON_MISMATCH,
+        default="skip",
+        help="skip: count and record mismatched pairs; list: also write their uid and url to refetch",
+    )
+    parser.add_argument(
+        "--config", help="config.json describing the reinforced shards (default: the one beside them)"
+    )
+    parser.add_argument(
+        "--teacher-dims",
+        type=parse_teacher_dims,
+        help="teacher widths when the shards come without config.json (DataCompDR: 768,768)",
+    )
+    parser.add_argument(
+        "--kd-logit-scales",
+        type=lambda text: tuple(float(part) for part in text.split(",")),
+        help="KD logit scale per teacher with --teacher-dims (default 100 each)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = build_parser().parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from beam_jobs.join_job import run_join
+    from pipeline.join_settings import JoinSettings
+
+    settings = JoinSettings(
+        reinforced_pattern=args.reinforced,
+        raw_pattern=args.raw,
+        output_dir=args.output,
+        raw_metadata_pattern=args.raw_metadata,
+        on_mismatch=args.on_mismatch,
+        config_path=args.config,
+        teacher_dims=tuple(args.teacher_dims) if args.teacher_dims else None,
+        kd_logit_scales=args.kd_logit_scales,
+    )
+    try:
+        outcome = run_join(settings, beam_args, show_progress=not args.no_progress)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:  # committed shards stay; a rerun resumes after them
+        print(f"error: the pipeline failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"finished shards are kept in {args.output}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_NOTHING_DONE
+    summary = outcome.summary
+    if outcome.shards_already_done:
+        print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")
+    print(summary_table(summary, args.output, outcome.wall_seconds, outcome.written_this_run))
+    if outcome.counters:
+        print("beam counters: " + ", ".join(f"{name}={value}" for name, value in outcome.counters.items()))
+    if summary.num_skipped or summary.shard_errors:
+        where = storage.join(args.output, "*" + ERRORS_SUFFIX)
+        print(f"{summary.num_skipped} pair(s) not joined; each is listed with its reason in {where}")
+    if args.on_mismatch == "list":
+        print(f"images to fetch again: {storage.join(args.output, REFETCH_FILE)}")
+    if summary.num_written == 0:
+        print("error: no sample could be joined; see the *_errors.jsonl files for why", file=sys.stderr)
+        return EXIT_NOTHING_DONE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
