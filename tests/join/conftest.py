@@ -9,11 +9,11 @@ re-encoded by "the stock downloader", captions moved to a metadata parquet or lo
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -151,7 +151,7 @@ def join_input(tmp_path_factory: pytest.TempPathFactory, sample_raw_dir: Path) -
     )
 
 
-def join_args(data: SimpleNamespace, out: Path, *extra: str) -> list[str]:
+def _join_args(data: SimpleNamespace, out: Path, *extra: str) -> list[str]:
     return [
         "--reinforced", f"{data.public}/*.tar", "--raw", f"{data.raw}/*.tar", "--output", str(out),
         "--raw-metadata", f"{data.metadata}/*.parquet", "--teacher-dims", "8,12", "--no-progress", *extra,
@@ -163,15 +163,11 @@ def joined(join_input: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
     from pipeline.join import main
 
     out = tmp_path_factory.mktemp("joined") / "out"
-    assert main(join_args(join_input, out, "--on-mismatch", "list", "--runner", "DirectRunner")) == 0
+    assert main(_join_args(join_input, out, "--on-mismatch", "list", "--runner", "DirectRunner")) == 0
     return out
 
 
-@dataclasses.dataclass
-class Helpers:
-    args = staticmethod(join_args)
-
-
 @pytest.fixture(scope="session")
-def join_helpers() -> Helpers:
-    return Helpers()
+def join_args() -> Callable[..., list[str]]:
+    """`join_args(data, out, *extra)`: the CLI arguments of a join of the test input."""
+    return _join_args
