@@ -14,7 +14,8 @@ import pytest
 from inspection import validate
 from pipeline.join import main
 from pipeline.join_pairs import REFETCHABLE, RawRef, box_problem, choose_raw
-from shards.reinforced import iter_entries, iter_shard
+from shards.reinforced import encode_sample, iter_entries, iter_shard, to_float32_rounded
+from tests.support import write_members
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -140,3 +141,31 @@ def test_counts_add_up_per_shard(joined):
     for stats_path in joined.glob("*_stats.json"):
         stats = json.loads(stats_path.read_text())
         assert stats["num_read"] == stats["num_written"] + sum(Counter(stats["skipped"]).values())
+
+
+def test_bf16_v2_public_shards_join_into_the_same_layout(join_input, join_args, tmp_path):
+    uids = join_input.shard_order["00000000"][:8]
+    public = tmp_path / "public"
+    public.mkdir()
+    members = []
+    for uid in uids:
+        encoded = encode_sample(join_input.reinforced[uid], "v2", "bf16")
+        del encoded["jpg"], encoded["txt"]
+        members.append(encoded)
+    write_members(public / "00000007.tar", members)
+    out = tmp_path / "out"
+    args = join_args(join_input, out, "--runner", "DirectRunner")
+    args[args.index("--reinforced") + 1] = f"{public}/*.tar"
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["layout"], config["embedding_dtype"]) == ("v2", "bf16")
+    assert config["caption_family"] == "syn_text_default" and config["num_views"] == 3
+    skipped = {uid for uids in join_input.expected.values() for uid in uids}
+    entries = list(iter_entries(str(out / "00000007.tar")))
+    assert [e.key for e in entries] == [uid for uid in uids if uid not in skipped]
+    for entry in entries:
+        assert "pth.gz" in entry.members and "npz" not in entry.members
+        stored = to_float32_rounded(join_input.reinforced[entry.key].image_emb, "bf16")
+        assert (entry.sample.image_emb == stored).all()
+        assert entry.sample.image == join_input.originals[entry.key].image
+    assert validate.validate(str(out)).ok
