@@ -129,3 +129,28 @@ def test_member_names_split_like_webdataset():
     assert split_member_name("000000000012.jpg") == ("000000000012", "jpg")
     assert split_member_name("dir/abc.syn.JSON") == ("dir/abc", "syn.json")
     assert split_member_name("noext") == ("noext", "")
+
+
+def test_image_offsets_point_at_the_image_bytes_of_a_plain_tar(raw_tar, kit, tmp_path):
+    members = [m for k in range(3) for m in kit.sample_members(f"{k:04d}", seed=k)]
+    path = raw_tar(members)
+    samples, _ = read(path)
+    data = path.read_bytes()
+    assert all(data[s.image_offset : s.image_offset + len(s.image)] == s.image for s in samples)
+    gz_members = tmp_path / "members.tar.gz"
+    with tarfile.open(gz_members, "w:gz") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    gz_samples, _ = read(gz_members)
+    assert [s.image for s in gz_samples] == [s.image for s in samples]
+    assert all(s.image_offset is None for s in gz_samples)  # a compressed stream cannot be seeked
+
+
+def test_a_caption_less_sample_is_kept_only_when_asked(raw_tar, kit):
+    members = [m for m in kit.sample_members("0001", meta={"caption": None}) if not m[0].endswith(".txt")]
+    path = raw_tar(members)
+    assert [s.reason for s in iter_raw_shard(str(path))] == [SkipReason.MISSING_CAPTION]
+    (kept,) = iter_raw_shard(str(path), require_caption=False)
+    assert isinstance(kept, RawSample) and not kept.has_caption and kept.caption == ""
