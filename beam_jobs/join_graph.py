@@ -81,10 +81,10 @@ def route_to_shards(
     """Per uid: what the raw side has for it, sent to every output shard that holds the uid."""
     uid, sides = item
     shards = sorted(set(sides["reinforced"]))
-    if not shards:
-        _count("raw_samples_unused")  # raw samples of uids no pending reinforced shard holds
-        return
     refs = tuple(sorted(sides["raw"], key=lambda ref: ref.order))
+    if not shards:  # uids no pending reinforced shard holds
+        _count("raw_samples_unused", len(refs))
+        return
     captions = sorted(sides["metadata"])
     sources = UidSources(refs, captions[0] if captions else None)
     for shard in shards:

@@ -31,6 +31,13 @@ Any other --flag is a Beam pipeline option (--runner DirectRunner, --direct_num_
 """
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"numbers separated by commas, e.g. 100,100, not {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.join",
@@ -61,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kd-logit-scales",
-        type=lambda text: tuple(float(part) for part in text.split(",")),
+        type=_floats,
         help="KD logit scale per teacher with --teacher-dims (default 100 each)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
