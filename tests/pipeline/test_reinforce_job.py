@@ -264,3 +264,26 @@ def test_read_ahead_keeps_order_passes_errors_and_stops_with_its_consumer():
         time.sleep(0.2)  # let the helper fill the queue and wait on it
         consumer.close()  # the consumer gives up early: the helper must end, not block on a full queue
         assert not any(t.name == "shard-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_errors_a_rerun_cannot_fix_name_their_cause(tmp_path, sample_raw_dir, job, capsys):
+    """'Run the same command again' only where a re-run helps: not for an output that is a file or
+    on a read-only disk (Beam's runners pass such errors on as text, so the text counts too)."""
+    import errno
+
+    from pipeline.reinforce import EXIT_CONFIG, EXIT_NOTHING_DONE, failure_advice
+
+    out = tmp_path / "out"
+    out.write_text("a file where the output folder should be")
+    assert main(job.args(sample_raw_dir, out)) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"--output {out} is (or lies under) a file, not a folder" in err
+    assert "run the same command again" not in err
+    read_only = OSError(errno.EROFS, "Read-only file system", str(out))
+    wrapped = RuntimeError(f"step 'Reinforce' failed: OSError: {read_only}")
+    for error in (read_only, wrapped):
+        advice, code = failure_advice(error, str(out))
+        assert "read-only file system" in advice and "run the same command again" not in advice
+        assert code == EXIT_CONFIG
+    advice, code = failure_advice(TimeoutError("worker lost"), str(out))
+    assert "run the same command again to resume" in advice and code == EXIT_NOTHING_DONE
