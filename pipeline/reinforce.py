@@ -2,8 +2,8 @@
 
 Exit status: 0 when samples were written (skipped samples are reported, not fatal); 1 when nothing
 could be processed or the pipeline failed; 2 when the configuration is wrong (bad flags, no input,
-a model that cannot load, a resume with different settings, an output folder that cannot be written).
-See `--help`.
+a model that cannot load, a resume with different settings, an output folder that cannot be written
+or that another job is writing). See `--help`.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = settings_from_args(args)
-        outcome = run_job(settings, beam_args, show_progress=not args.no_progress)
+        outcome = run_job(
+            settings, beam_args, show_progress=not args.no_progress, force_takeover=args.force_takeover
+        )
     except (ConfigError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
