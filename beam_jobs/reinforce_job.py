@@ -32,6 +32,7 @@ from pipeline.settings import ReinforceSettings, build_run_config
 from pipeline.worker_models import load_models as load_worker_models
 from shards import storage
 from shards.lease import hold_output
+from shards.remote_access import check_remote_access
 from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
     RunSummary,
@@ -112,7 +113,8 @@ def run_job(
     force_takeover: bool = False,
 ) -> JobOutcome:
     """Run (or resume) the job; raises ConfigError / ModelLoadError before any work when misconfigured,
-    and LeaseHeldError within seconds when another live job is writing the same output folder.
+    RemoteAccessError when a gs:// or s3:// path lacks credentials or an endpoint, and LeaseHeldError
+    when another live job is writing the same output folder, all within seconds.
 
     `load_models` is what every worker (and the launcher, to describe the models) calls once: the
     teachers and captioner by default; benchmarks pass stand-ins.
@@ -125,6 +127,7 @@ def run_job(
         )
     options = PipelineOptions(beam_args)
     storage.use_filesystem_options(options)  # s3/gcs options apply to the launcher's own reads and writes too
+    check_remote_access([settings.input_pattern, settings.output_dir], options)
     inputs = find_input_shards(settings.input_pattern)
     with hold_output(settings.output_dir, force=force_takeover):
         return _run_held(settings, options, inputs, show_progress, load_models)
