@@ -99,11 +99,13 @@ def _s3_problems(path: str, s3: S3Options) -> list[str]:
             f"no credentials for {path}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE "
             "with ~/.aws/credentials), or pass --s3_access_key_id and --s3_secret_access_key"
         )
-    endpoint = s3.s3_endpoint_url or session.get_config_variable("endpoint_url")
+    endpoint = (
+        s3.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
     if endpoint:
         url = urlparse(endpoint)
         port = url.port or (80 if url.scheme == "http" else 443)
-        problems += _unreachable(path, url.hostname or "", port, "--s3_endpoint_url")
+        problems += _unreachable(path, url.hostname or "", port, "--s3_endpoint_url (or AWS_ENDPOINT_URL)")
     else:
         region = s3.s3_region_name or session.get_config_variable("region") or "us-east-1"
         problems += _unreachable(

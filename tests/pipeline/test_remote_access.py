@@ -83,13 +83,16 @@ def test_s3_with_credentials_but_a_closed_endpoint(no_cloud, closed_endpoint, mo
     assert "no credentials" not in err
 
 
-def test_s3_credentials_given_as_flags_count(no_cloud, closed_endpoint):
+def test_s3_credentials_as_flags_and_endpoint_from_the_environment_count(
+    no_cloud, closed_endpoint, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", closed_endpoint)  # boto3's own setting, honoured as well
     with pytest.raises(remote_access.RemoteAccessError) as err:
         remote_access.check_remote_access(
-            ["s3://bucket/x"],
-            [f"--s3_endpoint_url={closed_endpoint}", "--s3_access_key_id=a", "--s3_secret_access_key=b"],
+            ["s3://bucket/x"], ["--s3_access_key_id=a", "--s3_secret_access_key=b"]
         )
-    assert "no credentials" not in str(err.value) and "unreachable" in str(err.value)
+    assert "no credentials" not in str(err.value)
+    assert f"{closed_endpoint.removeprefix('http://')} unreachable" in str(err.value)
 
 
 def test_gs_without_credentials_fails_before_any_network(no_cloud, monkeypatch, capsys):
