@@ -121,6 +121,7 @@ def hold_output(
     missed enough heartbeats. A live holder that loses its lease keeps running but is told so.
     """
     now = time.time()
+    made_folder = "://" not in folder and not os.path.exists(folder)
     current = read_holder(folder)
     taken_over = None
     if current is not None:
@@ -155,6 +156,9 @@ def hold_output(
             holder = read_holder(folder)
             if holder is not None and holder.token == mine.token:
                 storage.delete(lease_path(folder))
+        if made_folder:  # a job that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def _heartbeat(folder: str, mine: Holder, every_s: float, stop: threading.Event) -> None:

@@ -43,7 +43,7 @@ def test_a_held_folder_is_refused_and_released_after(tmp_path):
         message = str(err.value)
         assert f"pid {os.getpid()}" in message and socket.gethostname() in message
         assert str(out) in message and "--force-takeover" in message
-    assert not (out / ".lease.json").exists()  # released: nothing hidden is left behind
+    assert not out.exists()  # released, and the folder it made for the lease alone is gone too
 
 
 @pytest.mark.parametrize(
