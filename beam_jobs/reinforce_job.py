@@ -31,6 +31,8 @@ from pipeline.reinforce_shard import ShardModels
 from pipeline.settings import ReinforceSettings, build_run_config
 from pipeline.worker_models import load_models as load_worker_models
 from shards import storage
+from shards.lease import hold_output
+from shards.remote_access import check_remote_access
 from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
     RunSummary,
@@ -108,8 +110,11 @@ def run_job(
     *,
     show_progress: bool = True,
     load_models: Callable[[ReinforceSettings], ShardModels] = load_worker_models,
+    force_takeover: bool = False,
 ) -> JobOutcome:
-    """Run (or resume) the job; raises ConfigError / ModelLoadError before any work when misconfigured.
+    """Run (or resume) the job; raises ConfigError / ModelLoadError before any work when misconfigured,
+    RemoteAccessError when a gs:// or s3:// path lacks credentials or an endpoint, and LeaseHeldError
+    when another live job is writing the same output folder, all within seconds.
 
     `load_models` is what every worker (and the launcher, to describe the models) calls once: the
     teachers and captioner by default; benchmarks pass stand-ins.
@@ -122,13 +127,26 @@ def run_job(
         )
     options = PipelineOptions(beam_args)
     storage.use_filesystem_options(options)  # s3/gcs options apply to the launcher's own reads and writes too
+    check_remote_access([settings.input_pattern, settings.output_dir], options)
     inputs = find_input_shards(settings.input_pattern)
+    with hold_output(settings.output_dir, force=force_takeover):
+        return _run_held(settings, options, inputs, show_progress, load_models)
+
+
+def _run_held(
+    settings: ReinforceSettings,
+    options: PipelineOptions,
+    inputs: list[str],
+    show_progress: bool,
+    load_models: Callable[[ReinforceSettings], ShardModels],
+) -> JobOutcome:
+    """The run itself, while this job holds the output folder's lease."""
     models = load_models(settings)
     write_or_check_run_config(settings.output_dir, describe_run(settings, models))
     shards = [shard_name(p) for p in inputs]
     done = committed_shards(settings.output_dir)
     pending = [p for p in inputs if shard_name(p) not in done]
-    for path in pending:  # a killed earlier attempt may have left temporaries of these shards behind
+    for path in pending:  # a killed earlier holder may have left temporaries of these shards behind
         remove_stale_temporaries(settings.output_dir, shard_name(path))
     _LOG.info(
         "%d input shards, %d already done, %d to do", len(inputs), len(inputs) - len(pending), len(pending)

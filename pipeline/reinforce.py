@@ -2,12 +2,15 @@
 
 Exit status: 0 when samples were written (skipped samples are reported, not fatal); 1 when nothing
 could be processed or the pipeline failed; 2 when the configuration is wrong (bad flags, no input,
-a model that cannot load, or a resume with different settings). See `--help`.
+a model that cannot load, a resume with different settings, an output folder that cannot be written
+or that another job is writing). See `--help`.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
 import sys
 
 from pipeline.progress import summary_table
@@ -18,26 +21,73 @@ from shards.run_folder import ERRORS_SUFFIX
 
 EXIT_OK, EXIT_NOTHING_DONE, EXIT_CONFIG = 0, 1, 2
 
+# Errors about the output location that running the same command again cannot cure.
+_OUTPUT_UNUSABLE = {
+    errno.EROFS: "is on a read-only file system",
+    errno.EACCES: "is not writable (permission denied)",
+    errno.EPERM: "is not writable (operation not permitted)",
+    errno.ENOTDIR: "is (or lies under) a file, not a folder",
+    errno.EEXIST: "is (or lies under) a file, not a folder",
+    errno.EISDIR: "holds a folder where a file must go",
+}
+_OUTPUT_FULL = (errno.ENOSPC, errno.EDQUOT)
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\]")
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The errno behind a failure, through causes and Beam's wrappers (which keep only the text)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current.errno
+        details = getattr(current, "exception_details", None)  # BeamIOError: {path: exception}
+        for inner in details.values() if isinstance(details, dict) else ():
+            if isinstance(inner, BaseException) and (found := os_errno(inner)) is not None:
+                return found
+        current = current.__cause__ or current.__context__
+    match = _ERRNO_TEXT.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def failure_advice(exc: BaseException, output: str) -> tuple[str, int]:
+    """What to tell the user after a failed run, and the exit code: a re-run resumes only when the
+    failure was not about the output location itself."""
+    code = os_errno(exc)
+    if code in _OUTPUT_UNUSABLE:
+        return (
+            f"--output {output} {_OUTPUT_UNUSABLE[code]}: a re-run cannot fix this; choose another --output",
+            EXIT_CONFIG,
+        )
+    if code in _OUTPUT_FULL:
+        return (
+            f"no space left for {output}: free some, then run the same command again to resume",
+            EXIT_NOTHING_DONE,
+        )
+    return f"finished shards are kept in {output}; run the same command again to resume", EXIT_NOTHING_DONE
+
 
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from beam_jobs.reinforce_job import run_job
+    from shards.remote_access import RemoteAccessError
     from teachers.specs import ModelLoadError
 
     try:
         settings = settings_from_args(args)
-        outcome = run_job(settings, beam_args, show_progress=not args.no_progress)
-    except (ConfigError, ModelLoadError) as exc:
+        outcome = run_job(
+            settings, beam_args, show_progress=not args.no_progress, force_takeover=args.force_takeover
+        )
+    except (ConfigError, ModelLoadError, RemoteAccessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception as exc:  # the pipeline failed: committed shards stay, a re-run resumes after them
-        print(f"error: the pipeline failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(
-            f"finished shards are kept in {args.output}; run the same command again to resume",
-            file=sys.stderr,
-        )
-        return EXIT_NOTHING_DONE
+        advice, code = failure_advice(exc, args.output)
+        print(f"error: the job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(advice, file=sys.stderr)
+        return code
     summary = outcome.summary
     if outcome.shards_already_done:
         print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")

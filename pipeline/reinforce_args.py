@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where workers run the models: auto (a GPU when the worker has one), cpu, cuda or cuda:N",
     )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
+    parser.add_argument(
+        "--force-takeover",
+        action="store_true",
+        help="take the output folder's lease from a job you know is dead (a live job is refused: one "
+        "job per output folder; a dead one on this host, or silent for 10 minutes, is taken over anyway)",
+    )
     return parser
 
 

@@ -3,6 +3,9 @@
 A raw shard is read once, front to back, never held whole in memory: members are grouped into a
 sample while their key stays the same (webdataset writes a sample's members together), and each
 finished group is checked and yielded. Nothing here decodes images; that is the shard stage's job.
+A sample whose json lacks its uid or url (or has no json) gets them from img2dataset's parquet beside
+the tar, row of the same key; one with no url in either is skipped (`missing_url`), since every
+written sample carries its url.txt (contract §2).
 A damaged tar keeps every sample read before the damage and ends with one shard-level skip.
 """
 
@@ -45,6 +48,7 @@ class SkipReason:
     CORRUPT_TAR = "corrupt_tar"
     EMPTY_TAR = "empty_tar"
     UNREADABLE_SHARD = "unreadable_shard"
+    MISSING_URL = "missing_url"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +61,7 @@ class RawSample:
     image_ext: str
     caption: str
     meta: dict[str, Any]
-    url: str | None
+    url: str  # from the json, else from the shard's parquet; a sample with neither is skipped
     # Where the image bytes start in the tar, for a later ranged read (None in a compressed tar).
     image_offset: int | None = None
     has_caption: bool = True  # False only with `require_caption=False`: `caption` is then ""
@@ -88,6 +92,38 @@ def is_unsafe_member_name(name: str) -> bool:
     return any(part == ".." for part in re.split(r"[/\\]", name))
 
 
+class _ShardParquet:
+    """What img2dataset's `NNNNNNNN.parquet` beside the tar knows of a key (uid, url): read only when
+    a sample's json lacks them, and then once per shard."""
+
+    COLUMNS = ("key", "uid", "url")
+
+    def __init__(self, tar_path: str) -> None:
+        self.path = tar_path[: -len(".tar")] + ".parquet" if tar_path.endswith(".tar") else None
+        self._rows: dict[str, dict[str, Any]] | None = None
+
+    def lookup(self, key: str) -> dict[str, Any]:
+        if self._rows is None:
+            self._rows = self._read()
+        return self._rows.get(key, {})
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        if self.path is None:
+            return {}
+        try:
+            with storage.open_read(self.path) as f:
+                parquet = pq.ParquetFile(f)
+                columns = [name for name in self.COLUMNS if name in parquet.schema_arrow.names]
+                if "key" not in columns:
+                    return {}
+                rows = parquet.read(columns=columns).to_pylist()
+        except Exception:  # no parquet, or not one: the json was all there is
+            return {}
+        return {str(row.pop("key")): row for row in rows}
+
+
 @dataclasses.dataclass
 class _Group:
     key: str
@@ -111,11 +147,11 @@ def iter_raw_shard(
         yield SkippedSample(shard, SkipReason.UNREADABLE_SHARD, _short(exc), whole_shard=True)
         return
     with stream:
-        yield from _iter_stream(stream, shard, max_member_bytes, require_caption)
+        yield from _iter_stream(stream, shard, max_member_bytes, require_caption, _ShardParquet(path))
 
 
 def _iter_stream(
-    stream: Any, shard: str, max_member_bytes: int, require_caption: bool
+    stream: Any, shard: str, max_member_bytes: int, require_caption: bool, side: _ShardParquet
 ) -> Iterator[RawSample | SkippedSample]:
     seen_keys: set[str] = set()
     seen_uids: set[str] = set()
@@ -140,7 +176,7 @@ def _iter_stream(
                 members_read += 1
                 key, ext = split_member_name(info.name)
                 if group is not None and key != group.key:
-                    yield from _finish(group, seen_keys, seen_uids, require_caption)
+                    yield from _finish(group, seen_keys, seen_uids, require_caption, side)
                     group = None
                 if group is None:
                     group = _Group(key)
@@ -168,7 +204,7 @@ def _iter_stream(
             reason = SkipReason.TRUNCATED_TAR if truncated else SkipReason.CORRUPT_TAR
             damage = SkippedSample(shard, reason, _short(exc), whole_shard=True)
     if group is not None:
-        for item in _finish(group, seen_keys, seen_uids, require_caption):
+        for item in _finish(group, seen_keys, seen_uids, require_caption, side):
             if damage is not None and isinstance(item, SkippedSample):
                 # The damage cut this sample short: that, not a missing member, is why it is lost.
                 item = SkippedSample(item.key, damage.reason, item.reason)
@@ -185,7 +221,7 @@ def _open_stream_tar(stream: Any) -> tarfile.TarFile:
 
 
 def _finish(
-    group: _Group, seen_keys: set[str], seen_uids: set[str], require_caption: bool
+    group: _Group, seen_keys: set[str], seen_uids: set[str], require_caption: bool, side: _ShardParquet
 ) -> Iterator[RawSample | SkippedSample]:
     if group.problem is not None:
         if group.problem.reason != SkipReason.DUPLICATE_KEY:
@@ -193,10 +229,12 @@ def _finish(
         yield group.problem
         return
     seen_keys.add(group.key)
-    yield _to_sample(group, seen_uids, require_caption)
+    yield _to_sample(group, seen_uids, require_caption, side)
 
 
-def _to_sample(group: _Group, seen_uids: set[str], require_caption: bool) -> RawSample | SkippedSample:
+def _to_sample(
+    group: _Group, seen_uids: set[str], require_caption: bool, side: _ShardParquet
+) -> RawSample | SkippedSample:
     key, members = group.key, group.members
     image_exts = [ext for ext in IMAGE_EXTENSIONS if ext in members]
     if not image_exts:
@@ -222,12 +260,19 @@ def _to_sample(group: _Group, seen_uids: set[str], require_caption: bool) -> Raw
         return SkippedSample(key, SkipReason.MISSING_CAPTION)
     else:
         caption = None
-    raw_uid = meta.get("uid")
-    uid = raw_uid if isinstance(raw_uid, str) and _SAFE_UID.match(raw_uid) else key
+    raw_uid, url = meta.get("uid"), meta.get("url")
+    if not (_usable_uid(raw_uid) and _usable_url(url)):  # a lost or partial json: ask the parquet
+        known = side.lookup(key)
+        raw_uid = raw_uid if _usable_uid(raw_uid) else known.get("uid")
+        url = url if _usable_url(url) else known.get("url")
+    if not _usable_url(url):
+        # Contract §2 gives every output sample its url.txt; a sample no record ties to a source is
+        # skipped rather than written half-described.
+        return SkippedSample(key, SkipReason.MISSING_URL, "neither its json nor the shard's parquet has one")
+    uid = raw_uid if _usable_uid(raw_uid) else key
     if uid in seen_uids:
         return SkippedSample(key, SkipReason.DUPLICATE_UID, uid)
     seen_uids.add(uid)
-    url = meta.get("url")
     ext = image_exts[0]
     return RawSample(
         key=key,
@@ -236,10 +281,18 @@ def _to_sample(group: _Group, seen_uids: set[str], require_caption: bool) -> Raw
         image_ext=ext,
         caption=caption or "",
         meta=meta,
-        url=url if isinstance(url, str) else None,
+        url=url,
         image_offset=group.offsets.get(ext),
         has_caption=caption is not None,
     )
+
+
+def _usable_uid(uid: Any) -> bool:
+    return isinstance(uid, str) and bool(_SAFE_UID.match(uid))
+
+
+def _usable_url(url: Any) -> bool:
+    return isinstance(url, str) and bool(url.strip())
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

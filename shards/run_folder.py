@@ -2,9 +2,10 @@
 
 Written by the job: per shard `NNNNNNNN.tar`/`.parquet` (shards/writer.py), `NNNNNNNN_errors.jsonl` and
 `NNNNNNNN_stats.json`, and for the run `config.json` (shards/run_config.py), `manifest.jsonl` and
-`summary.json`; the join adds `NNNNNNNN_refetch.jsonl` and `refetch.parquet` with `--on-mismatch list`.
-A shard is done exactly when its stats file exists: it is written last, so a resumed
-run redoes any shard whose stats file is missing. Stats hold wall-clock times per stage and so differ
+`summary.json`; the join adds `NNNNNNNN_refetch.jsonl` and `refetch.parquet` with `--on-mismatch list`;
+while a job runs, its lease `.lease.json` (shards/lease.py). A shard is done exactly when its stats
+file exists: it is written last, so a resumed run redoes any shard whose stats file is missing.
+Stats hold wall-clock times per stage and so differ
 between runs; every other output file is byte-identical.
 
 Read by inspect, validate and the trainer through `open_run(PATH)`: a PATH is one shard, a glob of
@@ -30,6 +31,7 @@ from shards.teacher_slices import TeacherSlice, slices_from_config
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
+LEASE_FILE = ".lease.json"  # while a job writes the folder: who (shards/lease.py)
 STATS_SUFFIX = "_stats.json"
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 ERRORS_SUFFIX = "_errors.jsonl"
@@ -56,7 +58,10 @@ def output_paths(output_dir: str, shard: str) -> dict[str, str]:
 
 
 def remove_stale_temporaries(output_dir: str, shard: str) -> int:
-    """Delete what a killed attempt at an unfinished shard left half-written (hidden `.NAME.tmp-*` files)."""
+    """Delete what a killed attempt at an unfinished shard left half-written (hidden `.NAME.tmp-*` files).
+
+    Only the holder of the folder's lease may call this: another live job's temporaries look the same.
+    """
     stale = storage.match(storage.join(output_dir, f".{shard}[._]*.tmp-*"))
     for path in stale:
         storage.delete(path)

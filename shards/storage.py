@@ -17,6 +17,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from shards.remote_access import check_cli_remote_access
+
 RAW = CompressionTypes.UNCOMPRESSED  # never let a `.gz` name trigger transparent decompression
 
 
@@ -128,12 +130,14 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def parse_known_beam_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Our flags into the namespace; the rest, as `beam_args`, must be Beam options (typos are refused)
-    and set the filesystem options of this process, so gs:// and s3:// paths work in every CLI."""
+    and set the filesystem options of this process, so gs:// and s3:// paths work in every CLI (and
+    a gs:// or s3:// flag value that cannot work stops the CLI at once)."""
     args, beam_args = parser.parse_known_args(argv)
     unusable = unusable_beam_args(beam_args)
     if unusable:
         parser.error(f"unrecognized arguments: {' '.join(unusable)}")
     use_filesystem_options(beam_args)
+    check_cli_remote_access(parser, args, beam_args)  # no credentials / no endpoint: exit in seconds
     args.beam_args = beam_args
     return args
 

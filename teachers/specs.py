@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import os
 import socket
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
 
 _HUB_PROBE_TIMEOUT_S = 3.0
+_SUGGESTIONS = 5
 
 
 class ModelLoadError(RuntimeError):
@@ -143,12 +145,40 @@ def _advice(spec: ModelSpec) -> str:
     )
 
 
+def closest_architectures(name: str) -> list[str]:
+    """The few open_clip architecture names nearest to `name` (case aside), best first."""
+    import open_clip
+
+    by_lower = {model.lower(): model for model in open_clip.list_models()}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=_SUGGESTIONS, cutoff=0.5)
+    return [by_lower[model] for model in close]
+
+
+def unknown_architecture(name: str) -> str | None:
+    """Why `name` is no open_clip architecture (naming the closest ones), or None when it is one.
+
+    open_clip's own error lists all of its ~150 names; a user wants the two or three they meant.
+    """
+    import open_clip
+
+    if open_clip.get_model_config(name.replace("/", "-")) is not None:
+        return None
+    close = closest_architectures(name)
+    hint = f"closest: {', '.join(close)}" if close else "see open_clip.list_models()"
+    return f"{name!r} is not an open_clip architecture ({hint})"
+
+
 def check_reachable(spec: ModelSpec) -> None:
-    """Fails within seconds when `spec` needs a host that cannot be reached (instead of hanging).
+    """Fails within seconds when `spec` names an unknown architecture or needs a host that cannot be
+    reached (instead of listing every model name, or hanging).
 
     With HF_HUB_OFFLINE set, nothing is probed: the hub libraries then fail fast by themselves or
     load from their cache.
     """
+    if spec.backend == "open_clip" and spec.pretrained is not None:
+        unknown = unknown_architecture(spec.model_id)
+        if unknown is not None:
+            raise ModelLoadError(f"cannot load {spec.spec!r}: {unknown}")
     if _offline():
         return
     target = _download_host(spec)

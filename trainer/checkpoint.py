@@ -24,6 +24,7 @@ CHECKPOINTS = "checkpoints"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 _STEP_DIR = re.compile(r"step_(\d{8})$")
+_STEP_NAME = re.compile(r"(?:step_)?(\d+)")  # how a user may name a step folder
 
 
 class CheckpointError(ValueError):
@@ -81,6 +82,29 @@ def completed_steps(output: str) -> list[int]:
         if match:
             steps.append(int(match.group(1)))
     return sorted(steps)
+
+
+def find_checkpoint(path: str) -> str:
+    """The step folder `path` names: a folder holding a saved student, `RUN/checkpoints/step_N` with
+    N written any way (`step_200`, `200`, `step_00000200`), or a run (or its checkpoints folder),
+    meaning its latest checkpoint. Raises CheckpointError naming the checkpoints that do exist."""
+    path = path.rstrip("/")
+    if storage.exists(storage.join(path, OPEN_CLIP_CONFIG_FILE)):
+        return path
+    parent, base = storage.dirname(path), storage.basename(path)
+    asked = _STEP_NAME.fullmatch(base)
+    run = storage.dirname(parent) if asked else path
+    if not asked and base == CHECKPOINTS:
+        run = parent
+    steps = completed_steps(run)
+    if asked and int(asked.group(1)) in steps:
+        return step_dir(run, int(asked.group(1)))
+    if not asked and steps:
+        return step_dir(run, steps[-1])
+    there = ", ".join(storage.basename(step_dir(run, step)) for step in steps)
+    where = storage.join(run, CHECKPOINTS)
+    found = f"these exist in {where}: {there}" if steps else f"{where} holds no completed checkpoint"
+    raise CheckpointError(f"no such checkpoint: {path}; {found}")
 
 
 def load_checkpoint(

@@ -1,12 +1,14 @@
 """Zero-shot classification and image↔text retrieval of a student on held-out shards.
 
 The held-out set is a folder of tars in any of the layouts we meet: raw img2dataset shards (image,
-`txt`), our reinforced shards (the same members and more), or CLIP-benchmark webdatasets (image,
-`cls` label, `txt` with one caption per line; `classnames.txt` and
-`zeroshot_classification_templates.txt` beside the `test/` folder). Retrieval needs captions,
-classification needs labels and class names; each is reported when its inputs are there.
+`txt`, `json`), our reinforced shards (the same members and more), or CLIP-benchmark webdatasets
+(image, `cls` label, `txt` with one caption per line; `classnames.txt` and
+`zeroshot_classification_templates.txt` beside the `test/` folder). A DataComp sample (it has a
+`json`) has one caption, its alt-text, even when that runs over several lines. Retrieval needs
+captions, classification needs labels and class names; each is reported when its inputs are there.
 
-Usage: `python -m trainer.evaluate --checkpoint RUN/checkpoints/step_N --data 'HELDOUT/*.tar'`
+Usage: `python -m trainer.evaluate --checkpoint RUN/checkpoints/step_N --data 'HELDOUT/*.tar'` (N as
+written in the folder name, `step_00000200`, or just `200`; `--checkpoint RUN` takes the latest).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import torch
 from shards import storage
 from shards.reinforced import IMAGE_MEMBERS, iter_members
 from shards.storage import parse_known_beam_args
-from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE
+from teachers.specs import LOCAL_DIR
+from trainer.checkpoint import CheckpointError, find_checkpoint
 from trainer.data import list_shards, skip_reason
-from trainer.students import Student, create_student
+from trainer.students import Student, StudentError, create_student
 from transforms import decode_image
 
 CLASSNAMES_FILE = "classnames.txt"
@@ -73,7 +76,7 @@ def load_eval_set(patterns: Sequence[str], student: Student, limit: int | None =
                     continue
                 try:
                     image = preprocess(decode_image(members[member]))
-                    texts = _captions(members.get("txt"))
+                    texts = _captions(members.get("txt"), one_per_line="json" not in members)
                     label = int(members["cls"]) if "cls" in members else None
                 except Exception as error:
                     skipped[skip_reason(error)] += 1
@@ -86,10 +89,14 @@ def load_eval_set(patterns: Sequence[str], student: Student, limit: int | None =
     return EvalSet(images, captions, labels, dict(skipped))
 
 
-def _captions(data: Any) -> list[str]:
+def _captions(data: Any, *, one_per_line: bool) -> list[str]:
+    """CLIP-benchmark `txt` holds one caption per line; a DataComp sample's (it has a `json`) is one
+    alt-text, which may run over several lines. Empty captions are none."""
     if data is None:
         return []
     text = data.decode("utf-8") if isinstance(data, bytes) else str(data)
+    if not one_per_line:
+        return [text.strip()] if text.strip() else []
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -216,11 +223,24 @@ def evaluate_on(
     return evaluate(student, load_eval_set(patterns, student, limit), classnames, templates)
 
 
+def student_name(checkpoint: str) -> str:
+    """What `--checkpoint` names for create_student: a model name as is, a path as its step folder."""
+    if checkpoint.startswith(LOCAL_DIR):
+        checkpoint = checkpoint.removeprefix(LOCAL_DIR)
+    elif "/" not in checkpoint and not storage.exists(checkpoint):
+        return checkpoint  # tiny, or an open_clip architecture
+    return LOCAL_DIR + find_checkpoint(checkpoint)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Zero-shot classification and retrieval of a trained student."
     )
-    parser.add_argument("--checkpoint", required=True, help="RUN/checkpoints/step_N, or any open_clip name")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="RUN/checkpoints/step_N (N as 200 or 00000200), RUN for its latest checkpoint, or a model name",
+    )
     parser.add_argument(
         "--pretrained", default=None, help="pretrained tag, when --checkpoint is a model name"
     )
@@ -231,10 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--templates", default=None, help="prompt templates with {c} (default: CLIP's)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     args = parse_known_beam_args(parser, argv)  # also sets gs:// / s3:// endpoints and credentials
-    name = args.checkpoint
-    if storage.exists(storage.join(name, OPEN_CLIP_CONFIG_FILE)) and not name.startswith(LOCAL_DIR):
-        name = LOCAL_DIR + name
-    student = create_student(name, pretrained=args.pretrained)
+    try:
+        student = create_student(student_name(args.checkpoint), pretrained=args.pretrained)
+    except (CheckpointError, StudentError) as error:
+        parser.exit(2, f"error: {error}\n")
     print(json.dumps(evaluate_on(student, args.data, args.classnames, args.templates, args.limit)))
 
 

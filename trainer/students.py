@@ -18,7 +18,7 @@ import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE
+from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE, unknown_architecture
 
 TINY = "tiny"
 
@@ -89,7 +89,7 @@ def create_student(name: str, *, pretrained: str | None = None, seed: int = 0) -
         model_cfg = open_clip.get_model_config(name)
         if model_cfg is None:
             raise StudentError(
-                f"unknown student {name!r}; choose tiny, local-dir:PATH or one of open_clip's models"
+                f"unknown student: {unknown_architecture(name)}; or choose tiny or local-dir:PATH"
             )
         preprocess_cfg = _published_preprocess(name, pretrained)
         try:

@@ -154,3 +154,33 @@ def test_a_caption_less_sample_is_kept_only_when_asked(raw_tar, kit):
     assert [s.reason for s in iter_raw_shard(str(path))] == [SkipReason.MISSING_CAPTION]
     (kept,) = iter_raw_shard(str(path), require_caption=False)
     assert isinstance(kept, RawSample) and not kept.has_caption and kept.caption == ""
+
+
+def test_a_sample_without_json_takes_uid_and_url_from_the_parquet_or_is_skipped(raw_tar, kit):
+    """No usable json: the shard's img2dataset parquet (row of the same key) fills in; no url at all
+    is a counted skip, never a written sample without url.txt."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def without_json(key: str) -> list:
+        return [m for m in kit.sample_members(key) if not m[0].endswith(".json")]
+
+    partial_json = [
+        (n, json.dumps({"caption": "c"}).encode() if n.endswith(".json") else d)
+        for n, d in kit.sample_members("0003")
+    ]
+    path = raw_tar(without_json("0001") + without_json("0002") + partial_json)
+    rows = {
+        "key": ["0001", "0003"],
+        "uid": ["e" * 32, None],
+        "url": ["https://x.org/1.jpg", "https://x.org/3"],
+    }
+    pq.write_table(pa.table(rows), path.with_suffix(".parquet"))
+    good, skipped = read(path)
+    assert [(s.key, s.uid, s.url) for s in good] == [
+        ("0001", "e" * 32, "https://x.org/1.jpg"),
+        ("0003", "0003", "https://x.org/3"),  # no uid anywhere: the key stands in, as before
+    ]
+    assert [(s.key, s.reason) for s in skipped] == [("0002", SkipReason.MISSING_URL)]
+    path.with_suffix(".parquet").unlink()  # without the parquet, nothing ties them to a source
+    assert [s.reason for s in read(path)[1]] == [SkipReason.MISSING_URL] * 3

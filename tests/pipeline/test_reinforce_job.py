@@ -264,3 +264,51 @@ def test_read_ahead_keeps_order_passes_errors_and_stops_with_its_consumer():
         time.sleep(0.2)  # let the helper fill the queue and wait on it
         consumer.close()  # the consumer gives up early: the helper must end, not block on a full queue
         assert not any(t.name == "shard-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_errors_a_rerun_cannot_fix_name_their_cause(tmp_path, sample_raw_dir, job, capsys):
+    """'Run the same command again' only where a re-run helps: not for an output that is a file or
+    on a read-only disk (Beam's runners pass such errors on as text, so the text counts too)."""
+    import errno
+
+    from pipeline.reinforce import EXIT_CONFIG, EXIT_NOTHING_DONE, failure_advice
+
+    out = tmp_path / "out"
+    out.write_text("a file where the output folder should be")
+    assert main(job.args(sample_raw_dir, out)) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"--output {out} is (or lies under) a file, not a folder" in err
+    assert "run the same command again" not in err
+    read_only = OSError(errno.EROFS, "Read-only file system", str(out))
+    wrapped = RuntimeError(f"step 'Reinforce' failed: OSError: {read_only}")
+    for error in (read_only, wrapped):
+        advice, code = failure_advice(error, str(out))
+        assert "read-only file system" in advice and "run the same command again" not in advice
+        assert code == EXIT_CONFIG
+    advice, code = failure_advice(TimeoutError("worker lost"), str(out))
+    assert "run the same command again to resume" in advice and code == EXIT_NOTHING_DONE
+
+
+def test_samples_without_json_and_the_validator_agree(tmp_path, kit, job, capsys):
+    """A json-less sample is written with the uid and url the raw parquet knows, or skipped as
+    missing_url: either way `pipeline.validate --raw` accepts the job's own output."""
+    import pyarrow as pa
+
+    from inspection.validate import main as validate
+
+    def without_json(key: str, seed: int) -> list:
+        return [m for m in kit.sample_members(key, seed=seed) if not m[0].endswith(".json")]
+
+    raw = tmp_path / "raw"
+    members = kit.sample_members("0000", seed=1) + without_json("0001", 2) + without_json("0002", 3)
+    kit.write_tar(raw / "00000000.tar", members)
+    rows = {"key": ["0001"], "uid": ["f" * 32], "url": ["https://x.org/1.jpg"]}
+    pq.write_table(pa.table(rows), raw / "00000000.parquet")
+    out = tmp_path / "out"
+    assert main(job.args(raw, out)) == 0
+    written = {s.key: s.url for s in iter_shard(str(out / "00000000.tar"))}
+    assert written["f" * 32] == "https://x.org/1.jpg" and len(written) == 2
+    errors = [json.loads(line) for line in (out / "00000000_errors.jsonl").read_text().splitlines()]
+    assert [(e["key"], e["reason"]) for e in errors] == [("0002", "missing_url")]
+    capsys.readouterr()
+    assert validate([str(out), "--raw", str(raw)]) == 0, capsys.readouterr().out

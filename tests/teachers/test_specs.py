@@ -74,6 +74,21 @@ def test_offline_hub_captioner_fails_fast() -> None:
     assert time.monotonic() - started < _HANG_GUARD_S
 
 
+@pytest.mark.parametrize(
+    ("load", "spec", "meant"),
+    [
+        (lambda spec: TeacherEnsemble.load([spec]), "ViT-L-41@openai", "ViT-L-14"),
+        (Captioner.load, "coca_ViT-L14@mscoco_finetuned_laion2B-s13B-b90k", "coca_ViT-L-14"),
+    ],
+)
+def test_unknown_architecture_names_the_closest_ones(load, spec: str, meant: str) -> None:
+    with pytest.raises(ModelLoadError) as err:
+        load(spec)
+    message = str(err.value)
+    assert spec in message and meant in message
+    assert len(message) < 400  # a few names, not open_clip's whole list
+
+
 def test_unreachable_hub_without_offline_flag_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)

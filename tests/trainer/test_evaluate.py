@@ -77,3 +77,38 @@ def test_zero_shot_accuracy_and_retrieval_on_a_labelled_set(tmp_path: Path) -> N
 def test_an_empty_heldout_set_is_an_error() -> None:
     with pytest.raises(ValueError, match="no usable image"):
         evaluate(create_student("tiny"), EvalSet([], [], [], {"undecodable": 3}))
+
+
+def test_a_datacomp_caption_is_one_caption_however_many_lines(tmp_path: Path) -> None:
+    """DataComp alt-texts run over lines ("...\\nshot on film") or are empty: one caption, or none."""
+    texts = [b"a cat\nshot on film\n", b"", b"a dog", b"  \n"]
+    members = [
+        {"__key__": f"{i:04d}", "jpg": identity_image(i, i, (96, 80)), "txt": text, "json": b"{}"}
+        for i, text in enumerate(texts)
+    ]
+    write_members(tmp_path / "0.tar", members)
+    eval_set = load_eval_set([str(tmp_path / "*.tar")], create_student("tiny", seed=0))
+    assert eval_set.captions == [["a cat\nshot on film"], [], ["a dog"], []]
+
+
+def test_checkpoint_named_by_step_number_or_run_and_unknown_steps_listed(tmp_path: Path, capsys) -> None:
+    from trainer.checkpoint import TrainingState, save_checkpoint
+    from trainer.evaluate import main
+
+    student = create_student("tiny", seed=0)
+    optimizer = torch.optim.AdamW(student.model.parameters())
+    run = tmp_path / "run"
+    for step in (100, 200):
+        save_checkpoint(str(run), student, student.model.state_dict(), optimizer, TrainingState(step, {}, {}))
+    members = [{"__key__": f"{i}", "jpg": identity_image(i, i, (96, 80)), "txt": b"x"} for i in range(2)]
+    (tmp_path / "heldout").mkdir()
+    write_members(tmp_path / "heldout" / "0.tar", members)
+    data = ["--data", str(tmp_path / "heldout" / "*.tar")]
+    for name in ("checkpoints/step_200", "checkpoints/200", "checkpoints/step_00000200", ".", "checkpoints"):
+        main(["--checkpoint", str(run / name), *data])
+        assert '"num_images": 2' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["--checkpoint", str(run / "checkpoints" / "step_300"), *data])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "no such checkpoint" in err
+    assert "these exist in" in err and "step_00000100, step_00000200" in err
