@@ -69,7 +69,7 @@ def run_sampling(
         logits = decoder.step(tokens[:, pos - 1])
         if active.shape[0] < rows:
             logits = logits.index_select(0, active)
-        chosen = choose_tokens(logits, pos, uniforms[active, pos], backend.eos_id, settings)
+        chosen = choose_tokens(logits, pos, uniforms[active, :, pos], backend.eos_id, settings)
         tokens[active, pos] = chosen
         decoding[active] = ~torch.isin(chosen, stop)
     table = tokens[:real_rows]

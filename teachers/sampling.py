@@ -2,25 +2,27 @@
 
 The rules are those of open_clip's `generate` (min-length EOS ban, then top-k or nucleus filtering,
 then temperature, EOS forced at the last position). Randomness differs on purpose: instead of the
-global RNG, every (image seed, sample index) owns a fixed stream of uniforms, and a token is drawn by
-inverting the CDF of the row's kept tokens with that step's uniform. A caption therefore depends only
-on its image, its seed and its index, never on what else shares the batch or on which worker runs it.
+global RNG, every (image seed, sample index) owns a fixed stream of uniforms (`uniform_table`), and
+tokens are drawn by inverting CDFs with them. A caption therefore depends only on its image, its seed
+and its index, never on what else shares the batch or on which worker runs it.
 
 Sampler versions (`describe()["sampler_version"]`, recorded in config.json):
-- 1: the kept tokens' CDF ran in descending probability order, which needed the row's vocabulary
-  sorted at every step whenever the nucleus was large.
-- 2 (current): the same nucleus (the smallest set of most likely tokens holding at least top_p of the
-  mass; among equally likely tokens the lower id ranks first), found without sorting the vocabulary,
-  and its CDF runs in vocabulary order. Each token is drawn with the same probability as in
-  version 1, but a given uniform selects another token, so version 2 does not regenerate version-1
-  captions. Top-k draws (and so greedy decoding) are unchanged from version 1.
+- 1: the nucleus (the smallest set of most likely tokens holding at least top_p of the mass) was cut
+  from the row's vocabulary sorted by probability, and the step's uniform inverted the kept tokens'
+  CDF in that descending order. Sorting 49,408 tokens per row and step was most of the job's time.
+- 2 (current): a token is in the nucleus when the tokens strictly more likely than it hold less than
+  top_p of the mass (the same set as version 1 except that a tie at the boundary is kept whole). It
+  is drawn by rejection: a proposal from the whole vocabulary at the temperature (CDF in vocabulary
+  order) is accepted if it is in the nucleus, else the step's next uniform proposes again. An
+  accepted proposal follows exactly the filtered-then-tempered distribution of version 1; a row
+  whose `_PROPOSALS` proposals all fall outside the nucleus (chance below (1 - top_p)^7 at
+  temperature 1) draws with its last uniform from the nucleus found by an exact search. Each token
+  keeps its version-1 probability, but a given uniform may select another token, so version 2 does
+  not regenerate version-1 captions. Top-k draws (and so greedy decoding) are unchanged.
 
-Version 2 finds the nucleus with a histogram instead of a sort: each token's log-probability gap to
-the row's best token is binned (`_BINS_PER_NAT` bins per nat); the bins' cumulative mass names the
-one bin where the nucleus ends; every token above it is in, every token below it out, and only the
-tokens of that bin (a handful for a peaked row, a few hundred for a flat one) are sorted. The draw
-sums the kept weights in blocks of `_BLOCK` tokens, finds the block, then the token inside it. All of
-it runs on the logits' device with one host synchronisation per step, whatever the number of rows.
+Everything runs on the logits' device in whole-batch tensor operations; no step sorts the vocabulary
+and no Python code runs per row. Sums along a row go through fixed blocks of `_BLOCK` tokens, so that
+a row's rounding never depends on how many rows share the call.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ import torch
 import torch.nn.functional as F
 
 SAMPLER_VERSION = 2
+# Proposals per step before a row falls back to the exact nucleus search, and the uniforms a step owns
+# (one per proposal, one for the fallback draw).
+_PROPOSALS = 7
+UNIFORMS_PER_STEP = _PROPOSALS + 1
+# Tokens per block of the two-level CDF inversion and of every sum along a row.
+_BLOCK = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,90 +90,101 @@ def sample_uniforms(seed: int, sample_index: int, count: int) -> np.ndarray:
 
 
 def uniform_table(seeds: Sequence[int], num_samples: int, count: int, device: torch.device) -> torch.Tensor:
-    """Every row's uniforms for a whole decoding, float64 [len(seeds) * num_samples, count], image-major,
-    made once per batch and moved to `device` in one copy."""
-    table = np.stack([sample_uniforms(seed, s, count) for seed in seeds for s in range(num_samples)])
-    return torch.from_numpy(table).to(device)
+    """Every row's uniforms for a decoding of `count` positions, float64 [rows, UNIFORMS_PER_STEP, count]
+    (rows image-major), made once per batch and moved to `device` in one copy.
 
-
-# Histogram resolution of the nucleus search, in bins per nat of log-probability below the row's best
-# token; gaps beyond _BINS / _BINS_PER_NAT nats share one last bin. A flat row's crossing bin then holds
-# a few hundred tokens, a peaked row's a handful.
-_BINS_PER_NAT = 64
-_BINS = 1024
-# Tokens per block of the two-level CDF inversion.
-_BLOCK = 256
-
-
-def _draw_in_blocks(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverts each row's CDF of non-negative `weights` [N, V] (vocabulary order) at `uniforms` [N].
-
-    A row's block sums pick the block, that block's cumulative sum the token; every reduction runs
-    along the row, so a row's token depends on that row only.
+    Column k of position t is element k * count + t of the row's stream, so column 0 is the stream's
+    first `count` uniforms: the one per position that top-k sampling (and sampler version 1) uses.
     """
-    rows, vocab = weights.shape
-    blocks = -(-vocab // _BLOCK)
-    if blocks * _BLOCK != vocab:
-        weights = F.pad(weights, (0, blocks * _BLOCK - vocab))
-    grouped = weights.view(rows, blocks, _BLOCK)
-    block_cdf = grouped.sum(dim=-1).double().cumsum(dim=-1)
-    target = uniforms * block_cdf[:, -1]
-    # The first block whose CDF exceeds the target holds mass; in it, the first such token does.
-    block = torch.searchsorted(block_cdf, target.unsqueeze(1), right=True).clamp_(max=blocks - 1)
-    below = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp_(min=0)), 0.0)
-    inside = grouped.gather(1, block.unsqueeze(2).expand(rows, 1, _BLOCK)).squeeze(1)
-    inside_cdf = inside.double().cumsum(dim=-1)
-    position = torch.searchsorted(inside_cdf, target.unsqueeze(1) - below, right=True)
+    table = np.stack(
+        [sample_uniforms(seed, s, count * UNIFORMS_PER_STEP) for seed in seeds for s in range(num_samples)]
+    )
+    return torch.from_numpy(table.reshape(-1, UNIFORMS_PER_STEP, count)).to(device)
+
+
+def _blocks(values: torch.Tensor) -> torch.Tensor:
+    """[N, V] -> [N, V / _BLOCK, _BLOCK] (V must be a multiple of _BLOCK)."""
+    return values.view(values.shape[0], -1, _BLOCK)
+
+
+def _row_sums(values: torch.Tensor) -> torch.Tensor:
+    """float64 [N]: block sums first, so a lone row is summed in the same order as a row among many."""
+    return _blocks(values).sum(dim=-1).double().sum(dim=-1)
+
+
+def _invert(weights: torch.Tensor, block_cdf: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Tokens [N, K]: each row's CDF of non-negative `weights` [N, V] (vocabulary order) inverted at its
+    K `uniforms`; `block_cdf` is the cumulative sum of the row's block sums.
+
+    The first block whose CDF exceeds the target holds mass, and in it the first such token does.
+    """
+    rows, draws = uniforms.shape
+    grouped = _blocks(weights)
+    target = uniforms * block_cdf[:, -1:]
+    block = torch.searchsorted(block_cdf, target, right=True).clamp_(max=grouped.shape[1] - 1)
+    below = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
+    inside = grouped.gather(1, block.unsqueeze(2).expand(rows, draws, _BLOCK))
+    position = torch.searchsorted(inside.double().cumsum(dim=-1), (target - below).unsqueeze(2), right=True)
     # Block sums and in-block sums round differently; never step past the block's last weighted token.
     positions = torch.arange(_BLOCK, device=weights.device)
-    last = torch.where(inside > 0, positions, 0).amax(dim=-1, keepdim=True)
-    return (block * _BLOCK + torch.minimum(position, last)).squeeze(1)
+    last = torch.where(inside > 0, positions, 0).amax(dim=-1)
+    return block * _BLOCK + torch.minimum(position.squeeze(2), last)
 
 
-def _nucleus_weights(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
-    """Each token's draw weight: its probability at the temperature inside the nucleus, 0 outside it.
+def _in_nucleus(probs: torch.Tensor, values: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+    """Whether a token of probability `values` [N] is in its row's nucleus: the probability of the row's
+    strictly more likely tokens, sum(max(p - v, 0)) + v * count(p > v), is below `limit` [N]."""
+    excess = (probs - values.unsqueeze(1)).clamp_(min=0)
+    above = _row_sums(excess) + values.double() * _row_sums(excess.sign_())
+    return above < limit
 
-    Exponentials come from softmax only: its kernel treats every row alike, while elementwise `exp`
-    rounds differently where a thread's share of the tensor starts or ends, which depends on the
-    number of rows.
-    """
-    rows, _ = logits.shape
+
+def _nucleus_threshold(probs: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+    """The smallest probability in each row's nucleus, by binary search over the sorted row (the rare
+    fallback; the nucleus is then every token at least that likely)."""
+    ranked = probs.sort(dim=-1, descending=True).values
+    low = torch.zeros((probs.shape[0], 1), dtype=torch.long, device=probs.device)  # the best token is in
+    high = torch.full_like(low, probs.shape[1] - 1)
+    for _ in range(probs.shape[1].bit_length()):
+        middle = (low + high + 1) // 2
+        inside = _in_nucleus(probs, ranked.gather(1, middle).squeeze(1), limit).unsqueeze(1)
+        low = torch.where(inside, middle, low)
+        high = torch.where(inside, high, middle - 1)
+    return ranked.gather(1, low)
+
+
+def _nucleus_tokens(
+    logits: torch.Tensor, uniforms: torch.Tensor, top_p: float, temperature: float
+) -> torch.Tensor:
+    """Nucleus sampling by rejection (sampler version 2, see the module docstring)."""
+    pad = -logits.shape[1] % _BLOCK
+    if pad:
+        logits = F.pad(logits, (0, pad), value=-float("inf"))
     probs = logits.softmax(dim=-1)
-    draw = probs if temperature == 1.0 else (logits / temperature).softmax(dim=-1)
+    tempered = probs if temperature == 1.0 else (logits / temperature).softmax(dim=-1)
+    block_cdf = _blocks(tempered).sum(dim=-1).double().cumsum(dim=-1)
+    proposals = _invert(tempered, block_cdf, uniforms[:, :_PROPOSALS])
+    chosen = proposals[:, 0].clone()
     if top_p >= 1.0:
-        return draw
-    # Bin of every token, numbered across rows (row r owns bins r*(_BINS+1) ...) so that one bincount
-    # fills every row's histogram: 64*(top - logit) rounded down, the last bin also taking -inf and NaN.
-    top = logits.amax(dim=-1, keepdim=True)
-    offsets = torch.arange(rows, device=logits.device, dtype=logits.dtype).mul_(_BINS + 1).unsqueeze(1)
-    bins = torch.add(top * _BINS_PER_NAT + offsets, logits, alpha=-_BINS_PER_NAT)
-    # (Clamped below too: the row's best token can round to just under the row's first bin.)
-    bins = bins.nan_to_num_(nan=float("inf")).clamp_(min=offsets, max=offsets + _BINS).to(torch.int32)
-    mass = torch.bincount(bins.view(-1), weights=probs.view(-1).double(), minlength=rows * (_BINS + 1))
-    cdf = mass.view(rows, _BINS + 1).cumsum(dim=-1)
-    target = cdf[:, -1:] * top_p
-    # The nucleus ends in the first bin whose cumulative mass reaches top_p: tokens in earlier bins
-    # have less than top_p ranked above them, tokens in later bins at least top_p.
-    crossing = torch.searchsorted(cdf, target).clamp_(max=_BINS)
-    above = torch.where(crossing > 0, cdf.gather(1, (crossing - 1).clamp(min=0)), 0.0)
-    crossing_bin = crossing.to(torch.int32) + offsets.to(torch.int32)
-    # Rank the crossing bin's tokens exactly: gather them into a padded [rows, widest] table.
-    row_of, token_of = (bins == crossing_bin).nonzero(as_tuple=True)
-    counts = torch.bincount(row_of, minlength=rows)
-    slot = torch.arange(row_of.shape[0], device=logits.device) - (counts.cumsum(0) - counts)[row_of]
-    widest = int(counts.max())  # the step's one host synchronisation
-    candidates = torch.full((rows, widest), -1.0, device=logits.device, dtype=probs.dtype)
-    candidates[row_of, slot] = probs[row_of, token_of]
-    tokens = torch.zeros((rows, widest), device=logits.device, dtype=torch.long)
-    tokens[row_of, slot] = token_of
-    # Stable, so equally likely tokens keep ascending ids; padding (-1) sorts last.
-    ranked, order = torch.sort(candidates, dim=-1, descending=True, stable=True)
-    tokens = tokens.gather(1, order)
-    ranked_above = above + F.pad(ranked.double().cumsum(dim=-1)[:, :-1], (1, 0))
-    kept = (ranked_above < target) & (ranked > 0)
-    kept_draw = torch.where(kept, ranked if draw is probs else draw.gather(1, tokens), 0.0)
-    # Earlier bins stay, the crossing bin's kept tokens come back, everything else is cut.
-    return draw.mul_(bins < crossing_bin).scatter_add_(1, tokens, kept_draw)
+        return chosen
+    limit = top_p * (block_cdf[:, -1] if tempered is probs else _row_sums(probs))
+    pending = torch.arange(logits.shape[0], device=logits.device)
+    rows_probs = probs
+    for proposal in range(_PROPOSALS):
+        candidates = proposals[pending, proposal]
+        accepted = _in_nucleus(
+            rows_probs, rows_probs.gather(1, candidates.unsqueeze(1)).squeeze(1), limit[pending]
+        )
+        chosen[pending] = torch.where(accepted, candidates, chosen[pending])
+        pending = pending[~accepted]
+        if pending.shape[0] == 0:  # a host synchronisation; usually after the first proposal
+            return chosen
+        rows_probs = probs.index_select(0, pending)
+    threshold = _nucleus_threshold(rows_probs, limit[pending])
+    kept = torch.where(rows_probs >= threshold, tempered.index_select(0, pending), 0.0)
+    kept_cdf = _blocks(kept).sum(dim=-1).double().cumsum(dim=-1)
+    chosen[pending] = _invert(kept, kept_cdf, uniforms[pending, _PROPOSALS:]).squeeze(1)
+    return chosen
 
 
 def _top_k_tokens(logits: torch.Tensor, uniforms: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
@@ -184,9 +203,9 @@ def choose_tokens(
 ) -> torch.Tensor:
     """Next token per row: open_clip's EOS ban below the minimum length, then top-k or nucleus.
 
-    `cur_len` counts the tokens so far including the start token; `uniforms` is float64 [N], each
-    row's draw for this step. Every operation is row-wise, so a row's token depends on that row only.
-    Runs on the logits' device; returns int64 [N] there.
+    `cur_len` counts the tokens so far including the start token; `uniforms` is float64
+    [N, UNIFORMS_PER_STEP], each row's uniforms for this step. Every operation is row-wise, so a row's
+    token depends on that row only. Runs on the logits' device; returns int64 [N] there.
     """
     logits = logits.float()
     if cur_len < settings.min_seq_len:
@@ -194,6 +213,5 @@ def choose_tokens(
         logits[:, eos_id] = -float("inf")
     uniforms = uniforms.to(device=logits.device, dtype=torch.float64)
     if settings.top_k is not None:
-        return _top_k_tokens(logits, uniforms, settings)
-    weights = _nucleus_weights(logits, settings.top_p, settings.temperature)
-    return _draw_in_blocks(weights, uniforms)
+        return _top_k_tokens(logits, uniforms[:, 0], settings)
+    return _nucleus_tokens(logits, uniforms, settings.top_p, settings.temperature)
