@@ -19,31 +19,31 @@ from teachers.specs import ModelSpec, load_errors, torch_dtype
 class BlipIncrementalDecoder:
     """BLIP's text decoder, one token per call, with its own self- and cross-attention cache."""
 
-    def __init__(self, decoder: nn.Module, image_embeds: torch.Tensor, device: str) -> None:
+    def __init__(self, decoder: nn.Module, image_embeds: torch.Tensor) -> None:
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
         self.decoder = decoder
         self.image_embeds = image_embeds
         self.image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
         self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        self.device = device
+        self.device = image_embeds.device
         self.pos = 0
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         with batch_invariant(self.device):
             out = self.decoder(
-                input_ids=tokens.to(self.image_embeds.device).unsqueeze(1),
+                input_ids=tokens.to(self.device).unsqueeze(1),
                 encoder_hidden_states=self.image_embeds,
                 encoder_attention_mask=self.image_mask,
                 past_key_values=self.cache,
                 use_cache=True,
                 return_dict=True,
-                cache_position=torch.tensor([self.pos], device=self.image_embeds.device),
+                cache_position=torch.tensor([self.pos], device=self.device),
             )
         self.cache = out.past_key_values
         self.pos += 1
-        return out.logits[:, -1].float().cpu()
+        return out.logits[:, -1]
 
 
 def load_blip_backend(spec: ModelSpec, precision: str, device: str) -> CaptionBackend:
@@ -68,9 +68,7 @@ def load_blip_backend(spec: ModelSpec, precision: str, device: str) -> CaptionBa
     def start(pixels: torch.Tensor, num_samples: int, max_len: int) -> IncrementalDecoder:
         with batch_invariant(device):
             image_embeds = model.vision_model(pixel_values=pixels.to(device=device, dtype=dtype))[0]
-        return BlipIncrementalDecoder(
-            model.text_decoder, image_embeds.repeat_interleave(num_samples, dim=0), device
-        )
+        return BlipIncrementalDecoder(model.text_decoder, image_embeds.repeat_interleave(num_samples, dim=0))
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True).split(".")[0].strip()

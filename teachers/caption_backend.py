@@ -13,6 +13,11 @@ from teachers.specs import ModelSpec
 
 
 class IncrementalDecoder(Protocol):
+    """Feeds one token per row at the next position; `step` returns next-token logits [rows, vocab]
+    on `device` (the sampling loop never moves them to the host)."""
+
+    device: torch.device
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
 

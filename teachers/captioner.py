@@ -1,8 +1,11 @@
 """Synthetic captions (contract §4): S nucleus samples per un-augmented image, reproducible per seed.
 
-Images are captioned in fixed-size chunks (padded with blank images), and every chunk runs the same
-tensor shapes at every step. On CPU a row's floating-point result then depends only on that row, not
-on its neighbours, so an image's captions are byte-identical whichever batch or worker it lands in.
+Images are captioned in fixed-size chunks, and every chunk runs the model at the same tensor shapes at
+every step. On CPU a row's floating-point result then depends only on that row, not on its
+neighbours, so an image's captions are byte-identical whichever batch or worker it lands in. A short
+chunk (a small shard, a shard's tail) is filled with blank images whose rows are finished before the
+first step: the model computes them (the shapes must not change) but nothing is sampled for them and
+they never keep the loop going. Sampling is row-wise, so it runs on the rows still decoding only.
 """
 
 from __future__ import annotations
@@ -11,12 +14,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from teachers.caption_backend import CaptionBackend
-from teachers.sampling import SamplingSettings, choose_tokens, sample_uniforms
+from teachers.sampling import SamplingSettings, choose_tokens, uniform_table
 from teachers.specs import check_reachable, parse_spec, torch_dtype
 
 
@@ -35,33 +37,45 @@ def run_sampling(
     seeds: Sequence[int],
     num_captions: int,
     settings: SamplingSettings,
+    chunk_images: int | None = None,
 ) -> list[list[list[int]]]:
-    """Token ids (start token through stop token) of `num_captions` samples for each image."""
+    """Token ids (start token through stop token) of `num_captions` samples for each image.
+
+    With `chunk_images`, the model runs on that many images, blank ones after the real ones.
+    """
     images = pixels.shape[0]
-    rows = images * num_captions
-    uniforms = torch.from_numpy(
-        np.stack([sample_uniforms(seed, s, settings.seq_len) for seed in seeds for s in range(num_captions)])
-    )
+    shape_images = images if chunk_images is None else chunk_images
+    if shape_images < images:
+        raise ValueError(f"{images} images do not fit a chunk of {shape_images}")
+    if shape_images > images:
+        blanks = pixels.new_zeros((shape_images - images, *pixels.shape[1:]))
+        pixels = torch.cat([pixels, blanks])
     decoder = backend.start(pixels, num_captions, settings.seq_len)
-    last = torch.full((rows,), backend.start_id, dtype=torch.long)
-    tokens = [last]
-    done = torch.zeros(rows, dtype=torch.bool)
-    stop = torch.tensor(backend.stop_ids, dtype=torch.long)
-    while len(tokens) < settings.seq_len and not bool(done.all()):
-        cur_len = len(tokens)
-        if cur_len + 1 == settings.seq_len:  # the last position is always the end token
-            last = torch.full((rows,), backend.eos_id, dtype=torch.long)
-        else:
-            logits = decoder.step(last)
-            last = choose_tokens(logits, cur_len, uniforms[:, cur_len], backend.eos_id, settings)
-        last = torch.where(done, torch.full_like(last, backend.pad_id), last)
-        tokens.append(last)
-        done |= torch.isin(last, stop)
-    table = torch.stack(tokens, dim=1).tolist()
-    sequences = []
-    for row in table:
-        end = next((i for i, t in enumerate(row[1:], start=1) if t in backend.stop_ids), len(row) - 1)
-        sequences.append(row[: end + 1])
+    device = decoder.device
+    rows, real_rows = shape_images * num_captions, images * num_captions
+    uniforms = uniform_table(seeds, num_captions, settings.seq_len, device)
+    tokens = torch.full((rows, settings.seq_len), backend.pad_id, dtype=torch.long, device=device)
+    tokens[:, 0] = backend.start_id
+    decoding = torch.zeros(rows, dtype=torch.bool, device=device)
+    decoding[:real_rows] = True
+    stop = torch.tensor(backend.stop_ids, dtype=torch.long, device=device)
+    for pos in range(1, settings.seq_len):
+        active = decoding.nonzero().squeeze(1)  # the step's host synchronisation
+        if active.shape[0] == 0:
+            break
+        if pos + 1 == settings.seq_len:  # the last position is always the end token
+            tokens[active, pos] = backend.eos_id
+            break
+        logits = decoder.step(tokens[:, pos - 1])
+        if active.shape[0] < rows:
+            logits = logits.index_select(0, active)
+        chosen = choose_tokens(logits, pos, uniforms[active, :, pos], backend.eos_id, settings)
+        tokens[active, pos] = chosen
+        decoding[active] = ~torch.isin(chosen, stop)
+    table = tokens[:real_rows]
+    # Each row ends at its first stop token after the start token (the last position holds one).
+    ends = (torch.isin(table[:, 1:], stop).int().argmax(dim=1) + 2).tolist()
+    sequences = [row[:end] for row, end in zip(table.tolist(), ends, strict=True)]
     return [sequences[i * num_captions : (i + 1) * num_captions] for i in range(images)]
 
 
@@ -148,10 +162,9 @@ class Captioner:
     def _sample_chunk(
         self, chunk: list[tuple[int, torch.Tensor, int]], num_captions: int
     ) -> list[list[list[int]]]:
-        blanks = self.micro_batch - len(chunk)
-        pixels = torch.stack([p for _, p, _ in chunk] + [torch.zeros(self.backend.image_shape)] * blanks)
-        seeds = [seed for _, _, seed in chunk] + [0] * blanks
-        return run_sampling(self.backend, pixels, seeds, num_captions, self.settings)[: len(chunk)]
+        pixels = torch.stack([p for _, p, _ in chunk])
+        seeds = [seed for _, _, seed in chunk]
+        return run_sampling(self.backend, pixels, seeds, num_captions, self.settings, self.micro_batch)
 
     def caption_tokens(
         self, pixels: torch.Tensor, seeds: Sequence[int], num_captions: int

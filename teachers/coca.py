@@ -170,7 +170,8 @@ class CocaIncrementalDecoder:
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feeds one token per row at the next position; returns next-token logits float32 [N, V] on CPU."""
+        """Feeds one token per row at the next position; returns next-token logits [N, V] on the model's
+        device."""
         if self.pos >= self.max_len:
             raise IndexError(f"decoder is full ({self.max_len} positions)")
         text, decoder = self.model.text, self.model.text_decoder
@@ -183,8 +184,7 @@ class CocaIncrementalDecoder:
             x = _self_attention_step(self_block, x, cache, self.pos)
             x = _cross_attention_step(cross_block, x, keys, values)
         self.pos += 1
-        logits = decoder.ln_final(x)[:, 0] @ decoder.text_projection
-        return logits.float().cpu()  # token choice runs on the CPU, the same on every device
+        return decoder.ln_final(x)[:, 0] @ decoder.text_projection
 
 
 @torch.inference_mode()

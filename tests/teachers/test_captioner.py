@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from teachers import Captioner, CaptionFailure
+from teachers.captioner import run_sampling
 
 SOT, EOT, PAD = 49406, 49407, 0
 
@@ -88,6 +89,32 @@ def test_sampled_captions_follow_the_stopping_rules(coca_that_stops: str) -> Non
                 assert len(seq) >= 5  # the end token is banned until 4 tokens exist
 
 
+def test_a_short_chunk_decodes_only_as_long_as_its_own_captions(coca_that_stops: str) -> None:
+    """The blank images that fill a short chunk are never sampled and never keep the loop going."""
+    captioner = Captioner.load(coca_that_stops, micro_batch=8)
+    steps = []
+    start = captioner.backend.start
+
+    def counting_start(pixels: torch.Tensor, num_samples: int, max_len: int) -> object:
+        decoder = start(pixels, num_samples, max_len)
+        step = decoder.step
+
+        def counted(tokens: torch.Tensor) -> torch.Tensor:
+            steps.append(tokens.shape[0])
+            return step(tokens)
+
+        decoder.step = counted
+        return decoder
+
+    captioner.backend.start = counting_start
+    pixels = captioner.backend.preprocess(_images(1, seed=11)[0]).unsqueeze(0)
+    tokens = run_sampling(captioner.backend, pixels, [1], 2, captioner.settings, chunk_images=8)
+    longest = max(len(seq) for seq in tokens[0])
+    assert set(steps) == {16}  # the model still runs the chunk's fixed shape (8 images x 2 samples)
+    assert longest < 30 and len(steps) == longest - 1  # no step after the real captions ended
+    assert longest < 30
+
+
 def test_text_is_cut_at_the_first_period_without_special_tokens(captioner: Captioner) -> None:
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     body = tokenizer.encode("a dog on the beach. it is sunny")
@@ -128,6 +155,7 @@ def test_describe(captioner: Captioner, tiny_checkpoints: dict[str, str]) -> Non
     assert Captioner.load(tiny_checkpoints["coca"]).describe()["seq_len"] == 30  # the contract's default
     assert described["temperature"] == 1.0 and described["image_size"] == [224, 224]
     assert described["micro_batch"] == 3  # part of the run's identity: it fixes the tensor shapes
+    assert described["sampler_version"] == 2  # a uniform picks another token than version 1 did
 
 
 def test_blip_greedy_matches_transformers_generate(tiny_hf_models: dict[str, Path]) -> None:
