@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from teachers.determinism import use_batch_invariant_kernels
+from teachers.devices import host_to_device
 from teachers.specs import ModelSpec, check_reachable, load_errors, parse_spec, torch_dtype
 
 # A caption longer than this is cut before tokenising: every tokenizer here truncates to at most a few
@@ -96,6 +97,7 @@ def load_open_clip_teacher(spec: ModelSpec, precision: str, device: str) -> Teac
         tokenizer = one_thread_at_a_time(open_clip.get_tokenizer(spec.model_id))
     model.eval()
     use_batch_invariant_kernels(device)
+    target = torch.device(device)
     pre = open_clip.get_model_preprocess_cfg(model)
     size = pre["size"]
     weight_dtype = _input_dtype(model.visual)
@@ -106,12 +108,12 @@ def load_open_clip_teacher(spec: ModelSpec, precision: str, device: str) -> Teac
 
     @torch.inference_mode()
     def encode_texts(texts: list[str]) -> torch.Tensor:
-        return model.encode_text(tokenizer(texts).to(device)).float()
+        return model.encode_text(host_to_device(tokenizer(texts), target)).float()
 
     return Teacher(
         spec=spec,
         precision=precision,
-        device=torch.device(device),
+        device=target,
         dim=encode_texts([""]).shape[1],
         image_size=(size, size) if isinstance(size, int) else (int(size[0]), int(size[1])),
         mean=tuple(float(v) for v in pre["mean"]),
@@ -154,6 +156,7 @@ def load_hf_teacher(spec: ModelSpec, precision: str, device: str) -> Teacher:
     # SigLIP was trained on texts padded to the full length without an attention mask; CLIP masks padding.
     siglip = config.model_type == "siglip"
     use_batch_invariant_kernels(device)
+    target = torch.device(device)
 
     @torch.inference_mode()
     def encode_pixels(pixels: torch.Tensor) -> torch.Tensor:
@@ -165,15 +168,16 @@ def load_hf_teacher(spec: ModelSpec, precision: str, device: str) -> Teacher:
         # depend on its neighbours.
         batch = tokenizer(
             texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(device)
-        mask = None if siglip else batch["attention_mask"]
-        return model.get_text_features(input_ids=batch["input_ids"], attention_mask=mask).float()
+        )
+        ids = host_to_device(batch["input_ids"], target)
+        mask = None if siglip else host_to_device(batch["attention_mask"], target)
+        return model.get_text_features(input_ids=ids, attention_mask=mask).float()
 
     mean, std = processor.image_mean, processor.image_std
     return Teacher(
         spec=spec,
         precision=precision,
-        device=torch.device(device),
+        device=target,
         dim=encode_texts([""]).shape[1],
         image_size=size,
         mean=tuple(float(v) for v in mean),

@@ -112,6 +112,20 @@ def worker_gpu_index(device_count: int, worker_index: int | None = None) -> int:
     return index % device_count
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device` without making the host wait for the device's queue.
+
+    A copy from ordinary (pageable) memory to a GPU blocks until the GPU has finished everything
+    queued before it; from pinned memory it is queued like any kernel, so the host goes on preparing
+    the next work meanwhile.
+    """
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    if not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def device_kind(device: str | torch.device) -> str:
     """What config.json records: "cpu" or "cuda" (their embeddings differ in the last bits)."""
     return torch.device(device).type

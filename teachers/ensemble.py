@@ -6,6 +6,7 @@ the trainer can split the stored vector back into teachers and apply each one's 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from teachers.clip_teachers import Teacher, clean_text, load_teacher
+from teachers.devices import host_to_device
 from teachers.specs import torch_dtype
 
 # Rows per forward pass (images, texts) unless given. On a CPU bigger chunks gain little and pad more;
@@ -42,9 +44,17 @@ def fit_views(views: torch.Tensor, teacher: Teacher) -> torch.Tensor:
 
 
 def normalise_views(views: torch.Tensor, teacher: Teacher) -> torch.Tensor:
-    mean = torch.tensor(teacher.mean, dtype=torch.float32, device=views.device).view(1, 3, 1, 1)
-    std = torch.tensor(teacher.std, dtype=torch.float32, device=views.device).view(1, 3, 1, 1)
+    mean, std = _channel_stats(teacher.mean, teacher.std, views.device)
     return (views.to(torch.float32) / 255.0 - mean) / std
+
+
+@functools.cache
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as [1, 3, 1, 1] tensors on `device`, made once: each copy to a GPU would wait for it."""
+    as_tensor = functools.partial(torch.tensor, dtype=torch.float32, device=device)
+    return as_tensor(mean).view(1, 3, 1, 1), as_tensor(std).view(1, 3, 1, 1)
 
 
 def _in_fixed_chunks(
@@ -139,7 +149,7 @@ class TeacherEnsemble:
             raise ValueError(f"views must be uint8 [B, 3, H, W], got {views.dtype} {tuple(views.shape)}")
         if views.shape[0] == 0:
             return torch.empty(0, self.dim)
-        views = self._to_device(views)
+        views = host_to_device(views, self.device)  # still uint8: a quarter of float32's bytes
         blank = torch.zeros((1, *views.shape[1:]), dtype=torch.uint8, device=views.device)
         parts = []
         for teacher in self.teachers:
@@ -149,15 +159,6 @@ class TeacherEnsemble:
 
             parts.append(F.normalize(_in_fixed_chunks(views, self.micro_batch, blank, encode), dim=-1))
         return torch.cat(parts, dim=1).cpu()  # the one wait for the device in this call
-
-    def _to_device(self, views: torch.Tensor) -> torch.Tensor:
-        """uint8 views (a quarter of float32's bytes) onto a GPU, from pinned memory so the copy runs
-        while the CPU queues the resizes and forward passes behind it."""
-        if self.device.type != "cuda" or views.device == self.device:
-            return views
-        if not views.is_pinned():
-            views = views.pin_memory()
-        return views.to(self.device, non_blocking=True)
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Captions -> float32 [N, D], each teacher with its own tokenizer and L2-norm.

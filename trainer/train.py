@@ -25,7 +25,14 @@ import torch
 from shards import storage
 from shards.storage import parse_known_beam_args
 from shards.teacher_slices import TeacherSlice, parse_teacher_dims
-from teachers.devices import DEVICE_HELP, DeviceError, device_facts, parse_device, resolve_device
+from teachers.devices import (
+    DEVICE_HELP,
+    DeviceError,
+    device_facts,
+    host_to_device,
+    parse_device,
+    resolve_device,
+)
 from trainer import checkpoint as ckpt
 from trainer.data import (
     DEFAULT_SHUFFLE_BUFFER,
@@ -221,7 +228,7 @@ def on_device(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
     moved = {
-        field.name: value.to(device, non_blocking=True)
+        field.name: host_to_device(value, device)
         for field in dataclasses.fields(batch)
         if isinstance(value := getattr(batch, field.name), torch.Tensor)
     }

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from teachers import devices
-from teachers.devices import DeviceError, device_facts, device_kind, is_fatal_cuda_error, resolve_device
+from teachers.devices import (
+    DeviceError,
+    device_facts,
+    device_kind,
+    host_to_device,
+    is_fatal_cuda_error,
+    resolve_device,
+)
 
 
 @pytest.fixture
@@ -136,3 +143,34 @@ def test_cuda_failures_end_the_worker_other_errors_do_not() -> None:
     ]
     for error in harmless:
         assert not is_fatal_cuda_error(error), error
+
+
+class _HostTensor:
+    """Stands in for a CPU tensor; records what is done to it on the way to a GPU."""
+
+    def __init__(self, calls: list[str], pinned: bool = False) -> None:
+        self.calls, self.pinned, self.device = calls, pinned, torch.device("cpu")
+
+    def is_pinned(self) -> bool:
+        return self.pinned
+
+    def pin_memory(self) -> _HostTensor:
+        self.calls.append("pin")
+        return _HostTensor(self.calls, pinned=True)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> str:
+        self.calls.append(f"to {device} non_blocking={non_blocking} from pinned={self.pinned}")
+        return "on the GPU"
+
+
+def test_copies_to_a_gpu_go_through_pinned_memory_and_do_not_wait() -> None:
+    calls: list[str] = []
+    gpu = torch.device("cuda", 1)
+    assert host_to_device(_HostTensor(calls), gpu) == "on the GPU"
+    assert calls == ["pin", "to cuda:1 non_blocking=True from pinned=True"]
+    calls.clear()
+    host_to_device(_HostTensor(calls, pinned=True), gpu)  # already pinned (a pinned feed buffer)
+    assert calls == ["to cuda:1 non_blocking=True from pinned=True"]
+    cpu = torch.arange(3)
+    assert host_to_device(cpu, torch.device("cpu")) is cpu  # the CPU path copies nothing
+    assert host_to_device(cpu, torch.device("meta")).device.type == "meta"
