@@ -52,9 +52,11 @@ def parse_device(text: str) -> str:
 def cuda_problem(device: torch.device) -> str | None:
     """Why `device` (a CUDA device) cannot run here, or None when a tiny operation on it succeeds."""
     if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return f"torch.cuda.is_available() is False: torch {torch.__version__} is a CPU-only build"
         return (
             f"torch.cuda.is_available() is False (torch {torch.__version__} built for CUDA "
-            f"{torch.version.cuda or 'none'}; {_driver_summary()}): no GPU, no NVIDIA driver, or a driver "
+            f"{torch.version.cuda}; {_driver_summary()}): no GPU, no NVIDIA driver, or a driver "
             "older than this torch build needs"
         )
     count = torch.cuda.device_count()
@@ -66,7 +68,7 @@ def cuda_problem(device: torch.device) -> str | None:
         probe = torch.arange(4, dtype=torch.float32, device=torch.device("cuda", index))
         if float((probe * 2).sum().cpu()) != 12.0:
             return "a tiny CUDA operation returned a wrong result"
-    except Exception as error:  # the CUDA runtime raises RuntimeError subclasses with the driver's words
+    except Exception as error:  # mostly RuntimeError, with the CUDA driver's own words
         return (
             f"a tiny CUDA operation failed ({type(error).__name__}: {error}); torch {torch.__version__} "
             f"is built for CUDA {torch.version.cuda}, {_driver_summary()}"

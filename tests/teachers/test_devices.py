@@ -174,3 +174,10 @@ def test_copies_to_a_gpu_go_through_pinned_memory_and_do_not_wait() -> None:
     cpu = torch.arange(3)
     assert host_to_device(cpu, torch.device("cpu")) is cpu  # the CPU path copies nothing
     assert host_to_device(cpu, torch.device("meta")).device.type == "meta"
+
+
+def test_a_cpu_only_torch_build_is_named_as_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(DeviceError, match="is a CPU-only build"):
+        resolve_device("cuda")
