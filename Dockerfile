@@ -18,10 +18,12 @@ ARG BEAM_IMAGE=apache/beam_python3.11_sdk:2.77.0
 
 # The project's code, copied into each stage after its (slow, cached) dependency layer.
 FROM scratch AS source
+COPY shards /src/shards
 COPY pipeline /src/pipeline
 COPY teachers /src/teachers
 COPY transforms /src/transforms
 COPY beam_jobs /src/beam_jobs
+COPY inspection /src/inspection
 COPY trainer /src/trainer
 
 FROM ${BEAM_IMAGE} AS base
@@ -43,7 +45,8 @@ COPY --from=source /src ./
 RUN pip install --no-cache-dir --no-deps . \
     && pip check | grep -v '^apache-beam [0-9.]* has requirement pillow<13' | (! grep .) \
     && python -c "import torch; assert torch.version.cuda is None, torch.__version__" \
-    && python -c "import PIL, pipeline, teachers, transforms, beam_jobs, trainer; assert PIL.__version__ == '13.0.0'"
+    && python -c "import PIL, shards, pipeline, teachers, transforms, beam_jobs, inspection, trainer; \
+assert PIL.__version__ == '13.0.0'"
 ENTRYPOINT ["/opt/apache/beam/boot"]
 
 # ---- GPU workers: a CUDA build of torch. It must suit the workers' NVIDIA driver: a cu130 build
@@ -59,7 +62,8 @@ COPY --from=source /src ./
 RUN pip install --no-cache-dir --no-deps . \
     && pip check | grep -v '^apache-beam [0-9.]* has requirement pillow<13' | (! grep .) \
     && python -c "import torch; assert torch.version.cuda, torch.__version__" \
-    && python -c "import PIL, pipeline, teachers, transforms, beam_jobs, trainer; assert PIL.__version__ == '13.0.0'"
+    && python -c "import PIL, shards, pipeline, teachers, transforms, beam_jobs, inspection, trainer; \
+assert PIL.__version__ == '13.0.0'"
 # Where Dataflow mounts the driver's libraries and nvidia-smi (the NVIDIA toolkit puts them on the
 # default paths instead); the NVIDIA_* variables ask the container toolkit for the GPUs.
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from teachers.specs import OPEN_CLIP_WEIGHTS_FILE
+from tests.support import ShardSpec, build_shards
 from trainer import evaluate, train
 from trainer.checkpoint import step_dir
 from trainer.data import Batch, WorkerPosition
@@ -19,8 +19,8 @@ FLAGS = ["--teacher-dims", "8,12", "--kd-logit-scales", "100,50", "--threads", "
 
 
 @pytest.fixture
-def data(tmp_path: Path, shard_tools: SimpleNamespace) -> str:
-    shard_tools.build_shards(tmp_path / "data", shard_tools.ShardSpec(shards=1, per_shard=4))
+def data(tmp_path: Path) -> str:
+    build_shards(tmp_path / "data", ShardSpec(shards=1, per_shard=4))
     return str(tmp_path / "data" / "*.tar")
 
 
