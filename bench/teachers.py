@@ -5,8 +5,9 @@ One random-init open_clip ViT-B-32 teacher (no weights can be downloaded here) e
 weights (no autocast: on CPU it is 10-20x slower). Reported per precision: images/s (median of
 alternating rounds), the FLOPs one image costs (counted by torch's FlopCounterMode on this model),
 and the fraction of this machine's measured matmul peak in that dtype that the rate reaches. Also
-the minimum cosine similarity between the fp32 and bf16 embedding of each view. The machine is
-shared with other jobs, so absolute numbers are noisy.
+the minimum and mean cosine similarity between the fp32 and bf16 embedding of each view and of
+each of a set of captions (what `--precision bf16` costs in agreement). The machine is shared with
+other jobs, so absolute numbers are noisy.
 
     python -m bench.teachers [--views 64] [--rounds 3]
 
@@ -33,6 +34,11 @@ from teachers.tiny import write_random_checkpoint
 
 ARCH = "ViT-B-32"
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field")
+_CAPTIONS = [
+    f"a {adjective} photo of {thing}"
+    for adjective in ("blurry", "close-up", "bright", "dark", "black and white", "cropped", "small", "large")
+    for thing in ("a cat", "an astronaut", "a cup of coffee", "a rocket on its pad", "a galaxy", "two dogs")
+]
 
 
 def _views(count: int) -> torch.Tensor:
@@ -103,6 +109,8 @@ def main() -> None:
     peaks = {"fp32": _matmul_peak(torch.float32), "bf16": _matmul_peak(torch.bfloat16)}
     rate = {p: args.views / statistics.median(t) for p, t in timings.items()}
     cosine = F.cosine_similarity(embeddings["fp32"], embeddings["bf16"], dim=-1)
+    texts = {p: e.embed_texts(_CAPTIONS) for p, e in ensembles.items()}
+    text_cosine = F.cosine_similarity(texts["fp32"], texts["bf16"], dim=-1)
     figures = {
         "model": f"{ARCH} (random init)",
         "views": args.views,
@@ -114,6 +122,10 @@ def main() -> None:
         "images_per_s_bf16": round(rate["bf16"], 2),
         "bf16_speedup": round(rate["bf16"] / rate["fp32"], 2),
         "min_cosine_fp32_vs_bf16": round(float(cosine.min()), 6),
+        "mean_cosine_fp32_vs_bf16": round(float(cosine.mean()), 6),
+        "captions": len(_CAPTIONS),
+        "min_text_cosine_fp32_vs_bf16": round(float(text_cosine.min()), 6),
+        "mean_text_cosine_fp32_vs_bf16": round(float(text_cosine.mean()), 6),
         "matmul_peak_gflops_fp32": round(peaks["fp32"] / 1e9, 1),
         "matmul_peak_gflops_bf16": round(peaks["bf16"] / 1e9, 1),
         "fraction_of_peak_fp32": round(rate["fp32"] * flops / peaks["fp32"], 3),

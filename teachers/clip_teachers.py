@@ -7,12 +7,15 @@ tokenizer; the ensemble only hands it pixels already resized and normalised its 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from teachers.determinism import batch_invariant
+from teachers.determinism import use_batch_invariant_kernels
+from teachers.devices import host_to_device
 from teachers.specs import ModelSpec, check_reachable, load_errors, parse_spec, torch_dtype
 
 # A caption longer than this is cut before tokenising: every tokenizer here truncates to at most a few
@@ -36,6 +39,7 @@ class Teacher:
 
     spec: ModelSpec
     precision: str
+    device: torch.device
     dim: int
     image_size: tuple[int, int]
     mean: tuple[float, float, float]
@@ -43,8 +47,28 @@ class Teacher:
     interpolation: str  # "bicubic" | "bilinear" | "nearest"
     resize_mode: str  # "shortest" (resize + centre crop) | "squash" | "longest" (resize + pad)
     logit_scale: float  # the model's own learned scale, the default KD logit scale
-    encode_pixels: Callable[[torch.Tensor], torch.Tensor]  # normalised float pixels -> [B, dim]
-    encode_texts: Callable[[list[str]], torch.Tensor]  # cleaned texts -> [N, dim]
+    encode_pixels: Callable[[torch.Tensor], torch.Tensor]  # normalised float pixels -> [B, dim] on device
+    encode_texts: Callable[[list[str]], torch.Tensor]  # cleaned texts -> [N, dim] on device
+
+
+_Tokens = TypeVar("_Tokens")
+
+
+def one_thread_at_a_time(tokenizer: Callable[..., _Tokens]) -> Callable[..., _Tokens]:
+    """The tokenizer behind a lock: Beam runs several harness threads over one loaded teacher.
+
+    A transformers fast tokenizer stores its padding and truncation settings in the Rust object and
+    rewrites them in a call whenever they differ from the call's; a thread doing so while another
+    thread is tokenising raises "RuntimeError: Already borrowed". Tokenising is cheap next to the
+    model, so serialising it costs little.
+    """
+    lock = threading.Lock()
+
+    def tokenize(*args: Any, **kwargs: Any) -> _Tokens:
+        with lock:
+            return tokenizer(*args, **kwargs)
+
+    return tokenize
 
 
 def _input_dtype(model: nn.Module) -> torch.dtype:
@@ -70,25 +94,26 @@ def load_open_clip_teacher(spec: ModelSpec, precision: str, device: str) -> Teac
             force_quick_gelu=quick_gelu,
             pretrained_text=False,
         )
-        tokenizer = open_clip.get_tokenizer(spec.model_id)
+        tokenizer = one_thread_at_a_time(open_clip.get_tokenizer(spec.model_id))
     model.eval()
+    use_batch_invariant_kernels(device)
+    target = torch.device(device)
     pre = open_clip.get_model_preprocess_cfg(model)
     size = pre["size"]
     weight_dtype = _input_dtype(model.visual)
 
     @torch.inference_mode()
     def encode_pixels(pixels: torch.Tensor) -> torch.Tensor:
-        with batch_invariant(device):
-            return model.encode_image(pixels.to(device=device, dtype=weight_dtype)).float()
+        return model.encode_image(pixels.to(device=device, dtype=weight_dtype)).float()
 
     @torch.inference_mode()
     def encode_texts(texts: list[str]) -> torch.Tensor:
-        with batch_invariant(device):
-            return model.encode_text(tokenizer(texts).to(device)).float()
+        return model.encode_text(host_to_device(tokenizer(texts), target)).float()
 
     return Teacher(
         spec=spec,
         precision=precision,
+        device=target,
         dim=encode_texts([""]).shape[1],
         image_size=(size, size) if isinstance(size, int) else (int(size[0]), int(size[1])),
         mean=tuple(float(v) for v in pre["mean"]),
@@ -124,17 +149,18 @@ def load_hf_teacher(spec: ModelSpec, precision: str, device: str) -> Teacher:
                 f"a transformers teacher must be a CLIPModel or SiglipModel, not {config.model_type}"
             )
         model = AutoModel.from_pretrained(spec.model_id, torch_dtype=dtype).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(spec.model_id)
+        tokenizer = one_thread_at_a_time(AutoTokenizer.from_pretrained(spec.model_id))
         processor = AutoImageProcessor.from_pretrained(spec.model_id, use_fast=False)
     size, resize_mode = _hf_image_geometry(processor)
     max_length = int(config.text_config.max_position_embeddings)
     # SigLIP was trained on texts padded to the full length without an attention mask; CLIP masks padding.
     siglip = config.model_type == "siglip"
+    use_batch_invariant_kernels(device)
+    target = torch.device(device)
 
     @torch.inference_mode()
     def encode_pixels(pixels: torch.Tensor) -> torch.Tensor:
-        with batch_invariant(device):
-            return model.get_image_features(pixel_values=pixels.to(device=device, dtype=dtype)).float()
+        return model.get_image_features(pixel_values=pixels.to(device=device, dtype=dtype)).float()
 
     @torch.inference_mode()
     def encode_texts(texts: list[str]) -> torch.Tensor:
@@ -142,15 +168,16 @@ def load_hf_teacher(spec: ModelSpec, precision: str, device: str) -> Teacher:
         # depend on its neighbours.
         batch = tokenizer(
             texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(device)
-        mask = None if siglip else batch["attention_mask"]
-        with batch_invariant(device):
-            return model.get_text_features(input_ids=batch["input_ids"], attention_mask=mask).float()
+        )
+        ids = host_to_device(batch["input_ids"], target)
+        mask = None if siglip else host_to_device(batch["attention_mask"], target)
+        return model.get_text_features(input_ids=ids, attention_mask=mask).float()
 
     mean, std = processor.image_mean, processor.image_std
     return Teacher(
         spec=spec,
         precision=precision,
+        device=target,
         dim=encode_texts([""]).shape[1],
         image_size=size,
         mean=tuple(float(v) for v in mean),

@@ -26,6 +26,7 @@ import torch
 from shards import storage
 from shards.reinforced import IMAGE_MEMBERS, iter_members
 from shards.storage import parse_known_beam_args
+from teachers.devices import DEVICE_HELP, DeviceError, parse_device, resolve_device
 from teachers.specs import LOCAL_DIR
 from trainer.checkpoint import CheckpointError, find_checkpoint
 from trainer.data import list_shards, skip_reason
@@ -102,21 +103,27 @@ def _captions(data: Any, *, one_per_line: bool) -> list[str]:
 
 @torch.no_grad()
 def _embed_images(student: Student, images: list[torch.Tensor], batch_size: int) -> torch.Tensor:
-    dtype = next(student.model.parameters()).dtype
+    weight = next(student.model.parameters())
     out = [
-        student.model.encode_image(torch.stack(images[i : i + batch_size]).to(dtype), normalize=True).float()
+        student.model.encode_image(
+            torch.stack(images[i : i + batch_size]).to(device=weight.device, dtype=weight.dtype),
+            normalize=True,
+        ).float()
         for i in range(0, len(images), batch_size)
     ]
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 @torch.no_grad()
 def _embed_texts(student: Student, texts: list[str], batch_size: int) -> torch.Tensor:
+    device = next(student.model.parameters()).device
     out = [
-        student.model.encode_text(student.tokenizer(texts[i : i + batch_size]), normalize=True).float()
+        student.model.encode_text(
+            student.tokenizer(texts[i : i + batch_size]).to(device), normalize=True
+        ).float()
         for i in range(0, len(texts), batch_size)
     ]
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def retrieval_metrics(
@@ -250,11 +257,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classnames", default=None, help=f"one class per line (default: {CLASSNAMES_FILE})")
     parser.add_argument("--templates", default=None, help="prompt templates with {c} (default: CLIP's)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    parser.add_argument("--device", type=parse_device, default="auto", help=DEVICE_HELP)
     args = parse_known_beam_args(parser, argv)  # also sets gs:// / s3:// endpoints and credentials
     try:
+        device = resolve_device(args.device)
         student = create_student(student_name(args.checkpoint), pretrained=args.pretrained)
-    except (CheckpointError, StudentError) as error:
+    except (CheckpointError, StudentError, DeviceError) as error:
         parser.exit(2, f"error: {error}\n")
+    student.model.to(device)
     print(json.dumps(evaluate_on(student, args.data, args.classnames, args.templates, args.limit)))
 
 

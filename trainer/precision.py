@@ -5,17 +5,20 @@ its forward and backward about 2.5× faster (MobileCLIP2-S0, see bench.trainer).
 weights would lose every update smaller than bf16's resolution, so the optimizer keeps an fp32
 copy: gradients are cast up after backward, the step updates the copy, and the copy is cast down
 into the model. Checkpoints hold the fp32 copy, so they load anywhere as ordinary fp32 weights.
+
+On a GPU, `amp_bf16` is the usual choice instead: fp32 weights, and the forward pass under bf16
+autocast (matrix products in bf16, norms and softmax in fp32); here it only keeps the weights fp32.
 """
 
 from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "amp_bf16")
 
 
 class TrainingWeights:
-    """The parameters the optimizer updates; for fp32 simply the model's own."""
+    """The parameters the optimizer updates; for fp32 and amp_bf16 simply the model's own."""
 
     def __init__(self, model: torch.nn.Module, precision: str) -> None:
         if precision not in PRECISIONS:
@@ -39,7 +42,7 @@ class TrainingWeights:
         return [p for p in self._master.values() if p.grad is not None]
 
     def gradients_to_master(self) -> None:
-        if self.precision == "fp32":
+        if self.precision != "bf16":
             return
         for name, p in self.model.named_parameters():
             master = self._master[name]
@@ -47,7 +50,7 @@ class TrainingWeights:
             p.grad = None
 
     def master_to_model(self) -> None:
-        if self.precision == "fp32":
+        if self.precision != "bf16":
             return
         with torch.no_grad():
             for name, p in self.model.named_parameters():
@@ -63,7 +66,7 @@ class TrainingWeights:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state, strict=True)  # casts into the model's dtype
-        if self.precision == "fp32":
+        if self.precision != "bf16":
             return
         with torch.no_grad():
             for name, master in self._master.items():

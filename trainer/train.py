@@ -12,6 +12,7 @@ uninterrupted run's. RUN gets `log.jsonl` (one record per step), `loss.png`, `tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -24,6 +25,14 @@ import torch
 from shards import storage
 from shards.storage import parse_known_beam_args
 from shards.teacher_slices import TeacherSlice, parse_teacher_dims
+from teachers.devices import (
+    DEVICE_HELP,
+    DeviceError,
+    device_facts,
+    host_to_device,
+    parse_device,
+    resolve_device,
+)
 from trainer import checkpoint as ckpt
 from trainer.data import (
     DEFAULT_SHUFFLE_BUFFER,
@@ -105,7 +114,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eps", type=float, default=1e-6)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(1000, steps/10))")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: bf16 weights, fp32 master")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: bf16 weights, fp32 master (fast on CPU); amp_bf16: bf16 autocast (for GPUs)",
+    )
+    p.add_argument("--device", type=parse_device, default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="loader processes (capped at #shards)"
@@ -183,7 +198,8 @@ def train_step(
     """One optimizer step on one batch; returns the loss parts and the gradient norm before clipping."""
     images = normalize(batch.images, student.mean, student.std)
     tokens = torch.cat([batch.original_tokens, batch.synthetic_tokens])
-    image_features, text_features, logit_scale = encode(student, images, tokens)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=weights.precision == "amp_bf16"):
+        image_features, text_features, logit_scale = encode(student, images, tokens)
     size = len(batch)
     parts = reinforced_loss(
         image_features,
@@ -207,9 +223,24 @@ def train_step(
     return parts, grad_norm
 
 
-def _write_train_config(output: str, identity: dict[str, Any], args: argparse.Namespace, source: str) -> None:
+def on_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch with its tensors on the step's device (images still uint8: a quarter of float32's bytes)."""
+    if device.type == "cpu":
+        return batch
+    moved = {
+        field.name: host_to_device(value, device)
+        for field in dataclasses.fields(batch)
+        if isinstance(value := getattr(batch, field.name), torch.Tensor)
+    }
+    return dataclasses.replace(batch, **moved)
+
+
+def _write_train_config(
+    output: str, identity: dict[str, Any], args: argparse.Namespace, source: str, device: torch.device
+) -> None:
     path = storage.join(output, TRAIN_CONFIG_FILE)
     payload = {"run": identity, "workers": args.workers, "data_settings_source": source, "argv": sys.argv[1:]}
+    payload["device"] = device_facts(device)
     storage.write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
@@ -252,6 +283,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)  # before any work: an unusable GPU fails the run at once
     config_path = args.config or sibling_config(args.data[0])
     config = load_run_config(config_path) if config_path else None
     settings = resolve_data_settings(
@@ -259,6 +291,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     )
     shards = list_shards(args.data)
     student = create_student(args.model, pretrained=args.pretrained, seed=args.seed)
+    student.model.to(device)  # before TrainingWeights, which keeps its fp32 master copy beside the model
     weights = TrainingWeights(student.model, args.precision)
     probed = probe(shards, settings, student.tokenizer, student.image_size)
     workers = effective_workers(args.workers, len(shards))
@@ -268,7 +301,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     identity = run_identity(args, shards, settings)
     start, cursor = _resume(args, weights, optimizer, identity, workers)
     if start == 0:
-        _write_train_config(args.output, identity, args, settings.source)
+        _write_train_config(args.output, identity, args, settings.source, device)
     log_path, eval_path = storage.join(args.output, LOG_FILE), storage.join(args.output, EVAL_FILE)
     records = [r for r in read_log(log_path) if r["step"] < start]  # steps after the checkpoint are redone
     evals = [r for r in read_log(eval_path) if r["step"] <= start]
@@ -308,7 +341,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for step in range(start, args.steps):
             began = time.perf_counter()
-            batch = next(loader)
+            batch = on_device(next(loader), device)
             waited = time.perf_counter() - began
             lr = learning_rate(step, args.lr, args.warmup, args.steps)
             set_learning_rate(optimizer, lr)
@@ -375,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         summary = train(args)
-    except (SettingsError, DataError, StudentError, ckpt.CheckpointError) as error:
+    except (SettingsError, DataError, StudentError, ckpt.CheckpointError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     print(json.dumps(summary))

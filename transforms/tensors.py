@@ -28,8 +28,8 @@ def normalize(views: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
         raise TypeError(f"normalize takes uint8 views, got {views.dtype}")
     if views.ndim < 3 or views.shape[-3] != len(mean) or len(mean) != len(std):
         raise ValueError(f"views {tuple(views.shape)} do not match mean {list(mean)} and std {list(std)}")
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    if bool((std_t == 0).any()):
+    if any(float(s) == 0 for s in std):  # checked on the host: no wait for a GPU
         raise ValueError(f"std {list(std)} contains a zero")
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=views.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=views.device).view(-1, 1, 1)
     return views.to(torch.float32).div(255).sub(mean_t).div(std_t)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import open_clip
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from teachers import TeacherEnsemble
+from teachers.ensemble import CPU_MICRO_BATCHES, CUDA_MICRO_BATCHES, fit_views
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +136,54 @@ def test_transformers_clip_and_siglip_teachers(
     for sl in (slice(0, 24), slice(24, 56), slice(56, 88)):
         assert torch.allclose(images[:, sl].norm(dim=1), torch.ones(5), atol=1e-5)
     assert torch.equal(torch.cat([ensemble.embed_images(views[i : i + 1]) for i in range(5)]), images)
+
+
+def _before_device_work(ensemble: TeacherEnsemble, views: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """The CPU path as it was before views moved to the teachers' device (main at cb70d53): per chunk,
+    normalise on the CPU, encode, `.cpu()`; then L2-norm each teacher's slice. Kept as the reference."""
+    image_parts, text_parts = [], []
+    size, text_size = ensemble.micro_batch, ensemble.text_micro_batch
+    for teacher in ensemble.teachers:
+        mean = torch.tensor(teacher.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(teacher.std, dtype=torch.float32).view(1, 3, 1, 1)
+        chunks = []
+        for start in range(0, len(views), size):
+            chunk = views[start : start + size]
+            padded = torch.cat([chunk, torch.zeros((size - len(chunk), *chunk.shape[1:]), dtype=torch.uint8)])
+            pixels = (fit_views(padded, teacher).to(torch.float32) / 255.0 - mean) / std
+            chunks.append(teacher.encode_pixels(pixels).cpu()[: len(chunk)])
+        image_parts.append(F.normalize(torch.cat(chunks), dim=-1))
+        chunks = []
+        for start in range(0, len(texts), text_size):
+            chunk = texts[start : start + text_size]
+            chunks.append(teacher.encode_texts(chunk + [""] * (text_size - len(chunk)))[: len(chunk)])
+        text_parts.append(F.normalize(torch.cat(chunks).cpu(), dim=-1))
+    return torch.cat([torch.cat(image_parts, dim=1), torch.cat(text_parts, dim=1)])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_embeddings_are_the_bytes_of_the_code_before_the_device_work(
+    precision: str, tiny_checkpoints: dict[str, str], tiny_hf_models: dict[str, Path]
+) -> None:
+    specs = [tiny_checkpoints["clip-a"], tiny_checkpoints["clip-b"], f"hf:{tiny_hf_models['siglip']}"]
+    ensemble = TeacherEnsemble.load(specs, precision=precision)
+    views = _views(11, size=200, seed=5)
+    texts = [f"a photo of {n} red dogs" for n in range(37)] + ["", "cat " * 500]
+    ours = torch.cat([ensemble.embed_images(views), ensemble.embed_texts(texts)])
+    assert ours.device.type == "cpu"
+    assert ours.numpy().tobytes() == _before_device_work(ensemble, views, texts).numpy().tobytes()
+
+
+def test_micro_batches_follow_the_device_and_are_recorded(pair: TeacherEnsemble) -> None:
+    cpu_default = TeacherEnsemble(pair.teachers, [1.0, 1.0])
+    assert (cpu_default.micro_batch, cpu_default.text_micro_batch) == CPU_MICRO_BATCHES
+    on_gpu = [dataclasses.replace(t, device=torch.device("cuda", 0)) for t in pair.teachers]
+    gpu_default = TeacherEnsemble(on_gpu, [1.0, 1.0])
+    assert (gpu_default.micro_batch, gpu_default.text_micro_batch) == CUDA_MICRO_BATCHES
+    assert gpu_default.device == torch.device("cuda", 0)
+    assert CUDA_MICRO_BATCHES[0] > CPU_MICRO_BATCHES[0] and CUDA_MICRO_BATCHES[1] > CPU_MICRO_BATCHES[1]
+    described = TeacherEnsemble(on_gpu, [1.0, 1.0], micro_batch=128).describe()
+    assert {(d["micro_batch"], d["text_micro_batch"]) for d in described} == {(128, CUDA_MICRO_BATCHES[1])}
+    assert {(d["micro_batch"], d["text_micro_batch"]) for d in pair.describe()} == {(4, 32)}
+    with pytest.raises(ValueError, match="one device"):
+        TeacherEnsemble([pair.teachers[0], on_gpu[1]], [1.0, 1.0])
