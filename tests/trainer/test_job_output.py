@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from shards.reinforced import iter_shard
+from shards.reinforced import iter_members, iter_shard, open_tar_writer
 from shards.run_config import augmenter_from_config
 from tests.public_trainer import public_sample, public_transforms
 from trainer import train
@@ -66,6 +66,7 @@ def test_replayed_views_are_exactly_the_views_the_jobs_teachers_embedded(job: Si
     ensemble = TeacherEnsemble.load(job.teachers, kd_logit_scales=settings.kd_logit_scales)
     batches = list(stream)
     assert sum(len(b) for b in batches) == 24 and batches[-1].skipped == {}
+    assert batches[-1].replay == {"checked": 24, "differ": 0}  # every replay hashed to its stored fingerprint
     for batch in batches:
         with torch.no_grad():
             again = ensemble.embed_images(batch.images)
@@ -131,3 +132,35 @@ def test_without_to_tensor_the_public_trainer_fails_on_the_first_sample(job: Sim
     assert augmenter_from_config(config) == augmenter_from_config(
         json.loads((job.out / "config.json").read_text())
     )
+
+
+def test_a_replay_that_differs_from_generation_is_counted_and_warned_once(
+    job: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As on a trainer whose Pillow renders some views differently from the job's: never silent."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(job.out / "config.json", data / "config.json")
+    with (data / "00000000.tar").open("wb") as f:
+        writer = open_tar_writer(f)
+        for index, members in enumerate(iter_members(str(job.out / "00000000.tar"))):
+            paug = json.loads(members["paug.json"])
+            if index % 2 == 0:  # the generation stack rendered these samples' views differently
+                paug["view_sha"] = ["0" * 16] * len(paug["view_sha"])
+            writer.write({**members, "paug.json": json.dumps(paug).encode()})
+        writer.close()
+    run = tmp_path / "run"
+    train.main(
+        [
+            "--data", str(data / "*.tar"), "--model", "tiny", "--steps", "4", "--batch-size", "4",
+            "--workers", "1", "--threads", "1", "--output", str(run),
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "differ from the views the teachers embedded" in warnings[0]
+    assert "'pillow': " in warnings[0]
+    summary = json.loads(captured.out.splitlines()[-1])
+    # the tiny student replays at 64 px, not the teachers' 224: its first samples are checked at 224
+    assert summary["replay_check"]["checked"] == 16 and summary["replay_check"]["differ"] == 8
+    assert summary["skipped"] == {}  # the views are still trained on
