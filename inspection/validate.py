@@ -7,6 +7,11 @@ PATH is a shard, a glob of shards, or an output folder. Every problem is one lin
 shards (v1/v2, npz/pth.gz) validate without any run file: their teacher widths come from
 `--teacher-dims` or, failing that, from the equal split that makes the first sample's slices unit-norm.
 Everything streams one sample at a time, so memory stays flat on 2 GB shards.
+
+Where a sample stores view fingerprints (`view_sha`), every view is re-rendered from its image and
+`param_aug` entry here and hashed: a view whose pixels differ from what the teachers saw (another
+Pillow build, contract §3) is a `replay_differs` problem, and the notes give both image stacks.
+Shards written before fingerprints have nothing to check, which the notes say.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from PIL import Image
 
 from shards import storage
 from shards.raw import RawSample, iter_raw_shard
 from shards.reinforced import V1_FAMILY, ReinforcedSample, ShardEntry, iter_entries
-from shards.run_config import augmenter_from_config
+from shards.run_config import augmenter_from_config, fingerprints_checkable
 from shards.run_folder import RunFolder, ShardStats, committed_shards, open_run, shard_name
 from shards.storage import parse_known_beam_args
 from shards.teacher_slices import (
@@ -41,7 +47,8 @@ from transforms.augmenter import ViewAugmenter
 from transforms.crop import check_box
 from transforms.decode import decode_image
 from transforms.errors import AugmentationError, BadImageError
-from transforms.params import PARAM_AUG_VERSION, decode_param_aug
+from transforms.fingerprint import image_stack, view_fingerprint
+from transforms.params import PARAM_AUG_VERSION, ViewParams, decode_param_aug
 
 REQUIRED_CONFIG_KEYS = (
     "schema_version",
@@ -126,6 +133,8 @@ class Validator:
         )
         self.param_aug_version = _int_or_none(config.get("param_aug_version")) or PARAM_AUG_VERSION
         self.augmenter = self._augmenter(config)
+        self.check_fingerprints = fingerprints_checkable(run.config)
+        self.replay: Counter[str] = Counter()  # views checked / differing; samples without fingerprints
 
     def problem(self, path: str, key: str, reason: str, detail: str) -> None:
         self.outcome.problems[reason] += 1
@@ -147,7 +156,29 @@ class Validator:
             self._check_shard_files(counts)
         for path, what in run.problems:  # collected while the run files above were read
             self.problem(path, "", "unreadable_run_file", what)
+        self._note_replay()
         return self.outcome
+
+    def _note_replay(self) -> None:
+        replay, notes = self.replay, self.outcome.notes
+        if replay["unchecked_samples"]:
+            notes.append(
+                f"{replay['unchecked_samples']} sample(s) carry no view fingerprints (written before "
+                "they existed): their replay could not be checked"
+            )
+        if not self.check_fingerprints and replay["fingerprinted_samples"]:
+            notes.append(
+                "view fingerprints not checked: no config.json gives the views' recipe, or it names "
+                "a fingerprint algorithm unknown here"
+            )
+        if replay["views"]:
+            notes.append(
+                f"replay: {replay['views']} view(s) re-rendered, {replay['differ']} differ from the "
+                "fingerprints stored when the teachers embedded them"
+            )
+        recorded = (self.run.config or {}).get("image_stack")
+        if replay["differ"] or (replay["views"] and recorded and recorded != image_stack()):
+            notes.append(f"image stack here: {image_stack()}; the run's: {recorded or 'not recorded'}")
 
     # -- run files --------------------------------------------------------------------------------
 
@@ -335,8 +366,10 @@ class Validator:
                 self.problem(shard, key, "bad_meta", f"json has no {', '.join(absent)}")
         self._check_counts(shard, key, sample)
         self._check_norms(shard, key, sample)
-        image_size = self._check_image(shard, entry, sample)
-        self._check_param_aug(shard, key, sample, image_size)
+        image = self._check_image(shard, entry, sample)
+        params = self._check_param_aug(shard, key, sample, image.size if image is not None else None)
+        if image is not None:
+            self._check_replay(shard, key, sample, image, params)
 
     def _check_counts(self, shard: str, key: str, sample: ReinforcedSample) -> None:
         expect = self.expect
@@ -417,8 +450,8 @@ class Validator:
             )
         return slices
 
-    def _check_image(self, shard: str, entry: ShardEntry, sample: ReinforcedSample) -> tuple[int, int] | None:
-        """The decoded (width, height), or None when there is no image to check against."""
+    def _check_image(self, shard: str, entry: ShardEntry, sample: ReinforcedSample) -> Image.Image | None:
+        """The decoded image, or None when there is no image to check against."""
         if not entry.has_image:
             return None
         try:
@@ -435,13 +468,16 @@ class Validator:
                 "bad_meta",
                 f"json says {width}x{height}, the image decodes to {size[0]}x{size[1]}",
             )
-        return size
+        return image
 
     def _check_param_aug(
         self, shard: str, key: str, sample: ReinforcedSample, image_size: tuple[int, int] | None
-    ) -> None:
-        """Every entry decodes, has the run's steps, and its crop box lies inside the decoded image."""
+    ) -> list[ViewParams | None]:
+        """Every entry decodes, has the run's steps, and its crop box lies inside the decoded image;
+        returns the decoded entries (None for a bad one)."""
+        decoded: list[ViewParams | None] = []
         for index, entry in enumerate(sample.param_aug):
+            decoded.append(None)
             try:
                 params = decode_param_aug(entry, version=self.param_aug_version)
                 if image_size is not None:
@@ -449,6 +485,7 @@ class Validator:
             except AugmentationError as error:
                 self.problem(shard, key, "bad_param_aug", f"param_aug[{index}] {error.reason}: {error}")
                 continue
+            decoded[-1] = params
             if self.augmenter is not None and params.steps != self.augmenter.steps:
                 self.problem(
                     shard,
@@ -457,6 +494,39 @@ class Validator:
                     f"param_aug[{index}] has steps {list(params.steps)}, "
                     f"the run's are {list(self.augmenter.steps)}",
                 )
+        return decoded
+
+    def _check_replay(
+        self,
+        shard: str,
+        key: str,
+        sample: ReinforcedSample,
+        image: Image.Image,
+        params: list[ViewParams | None],
+    ) -> None:
+        """Each view, rendered here at the teachers' size, hashes to the fingerprint stored at generation."""
+        if sample.view_sha is None:
+            self.replay["unchecked_samples"] += 1
+            return
+        self.replay["fingerprinted_samples"] += 1
+        if not self.check_fingerprints or self.augmenter is None:
+            return
+        differ = []
+        for index, (view_params, stored) in enumerate(zip(params, sample.view_sha, strict=True)):
+            if view_params is None:  # already reported as bad_param_aug
+                continue
+            self.replay["views"] += 1
+            if view_fingerprint(self.augmenter.apply(image, view_params)) != stored:
+                differ.append(index)
+        if differ:
+            self.replay["differ"] += len(differ)
+            self.problem(
+                shard,
+                key,
+                "replay_differs",
+                f"views {differ} of {len(params)} replay to other pixels than the teachers saw "
+                "(a different decode/resize stack: see the notes)",
+            )
 
     # -- raw input --------------------------------------------------------------------------------
 

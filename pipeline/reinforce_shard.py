@@ -41,6 +41,7 @@ from transforms import (
     encode_param_aug,
     view_rng,
 )
+from transforms.fingerprint import view_fingerprint
 
 CAPTION_FAILED = "caption_failed"
 SAMPLE_FAILED = "sample_failed"
@@ -89,6 +90,7 @@ class _Prepared:
     image: Image.Image
     params: list[Any]
     views: torch.Tensor | None  # [A, 3, S, S] uint8, until handed to the teachers' queue
+    view_sha: list[str]  # the views' fingerprints, stored so a replay can tell it matches
 
 
 class _Clock:
@@ -234,8 +236,9 @@ def _prepare(
     rngs = [view_rng(settings.seed, raw.uid, k) for k in range(settings.num_views)]
     params = [augmenter.sample(rng, image.size) for rng in rngs]
     views = torch.stack([augmenter.apply(image, p) for p in params])
+    view_sha = [view_fingerprint(view) for view in views]
     seconds["augment"] = time.perf_counter() - decoded
-    return _Prepared(raw=raw, image=image, params=params, views=views)
+    return _Prepared(raw=raw, image=image, params=params, views=views, view_sha=view_sha)
 
 
 class _FixedBatches:
@@ -394,6 +397,7 @@ def _reinforced_sample(
         url=raw.url,
         meta=meta,
         param_aug=[encode_param_aug(p) for p in prepared.params],
+        view_sha=prepared.view_sha,
         image_emb=np.ascontiguousarray(image_emb, dtype=np.float32),
         caption_emb=np.ascontiguousarray(caption_emb, dtype=np.float32),
         syn_captions={family: list(captions)},

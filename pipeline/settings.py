@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shards.run_config import SCHEMA_VERSION, ConfigError, library_versions
+from shards.run_config import SCHEMA_VERSION, ConfigError, library_versions, view_fingerprint_record
+from transforms.fingerprint import image_stack
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -107,4 +108,7 @@ def build_run_config(
         "preset": settings.preset,
         "max_image_pixels": settings.max_image_pixels,
         "versions": library_versions(),
+        # exact replay needs the same decode/resize code; each view's fingerprint says if a replay matches
+        "image_stack": image_stack(),
+        "view_fingerprint": view_fingerprint_record(),
     }

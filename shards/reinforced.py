@@ -4,6 +4,9 @@ One in-memory form serves both public layouts. v1 stores the synthetic captions 
 family `syn_text` with their embeddings in rows 1..S of `text_emb`; v2 stores each family
 `syn_text_<tag>` with its own `syn_text_<tag>_emb`. Embeddings load as float32 whatever their
 stored dtype; loading never unpickles (`allow_pickle=False`, `weights_only=True`).
+
+`paug.json` may also hold `view_sha`, one fingerprint per view as the teachers saw it
+(transforms/fingerprint.py), beside `param_aug`: the public trainer reads only `param_aug`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ EmbeddingDtype = Literal["fp32", "bf16"]
 LAYOUTS: tuple[str, ...] = ("v1", "v2")
 EMBEDDING_DTYPES: tuple[str, ...] = ("fp32", "bf16")
 V1_FAMILY = "syn_text"
+VIEW_SHA = "view_sha"  # paug.json key of the per-view fingerprints
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 # Fixed zip and tar times make every shard byte-identical across runs and workers.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -58,6 +62,7 @@ class ReinforcedSample:
     syn_emb: dict[str, np.ndarray]  # family -> [S, D] float32
     url: str | None = None
     image_ext: str = "jpg"
+    view_sha: list[str] | None = None  # fingerprint of the view param_aug[k] describes; None in older shards
 
     @property
     def uid(self) -> str:
@@ -81,6 +86,16 @@ def check_sample(sample: ReinforcedSample) -> None:
     if views != len(sample.param_aug):
         raise ShardFormatError(
             "count_mismatch", f"{views} image embeddings for {len(sample.param_aug)} param_aug entries", key
+        )
+    if sample.view_sha is not None and (
+        not isinstance(sample.view_sha, list)
+        or len(sample.view_sha) != views
+        or not all(_is_fingerprint(f) for f in sample.view_sha)
+    ):
+        raise ShardFormatError(
+            "bad_member",
+            f"{VIEW_SHA} must be {views} lowercase hex strings, got {sample.view_sha!r:.200}",
+            key,
         )
     if sample.caption_emb.shape != (dim,):
         raise ShardFormatError("bad_shape", f"caption embedding {sample.caption_emb.shape}, D={dim}", key)
@@ -122,7 +137,10 @@ def encode_sample(
     members["jpg"] = sample.image  # the original bytes under the member name public readers expect
     members["json"] = _json(sample.meta)
     members["syn.json"] = _json(syn_json)
-    members["paug.json"] = _json({"param_aug": sample.param_aug})
+    paug: dict[str, Any] = {"param_aug": sample.param_aug}
+    if sample.view_sha is not None:
+        paug[VIEW_SHA] = sample.view_sha
+    members["paug.json"] = _json(paug)
     if embedding_dtype == "fp32":
         members["npz"] = _npz_bytes(arrays)
     else:
@@ -159,7 +177,8 @@ def decode_sample(members: Mapping[str, Any], *, require_image: bool = True) -> 
     else:
         raise ShardFormatError("missing_member", "no npz or pth.gz embeddings", key)
     syn_json = _load_json(members["syn.json"], "syn.json", key)
-    param_aug = _load_json(members["paug.json"], "paug.json", key).get("param_aug")
+    paug = _load_json(members["paug.json"], "paug.json", key)
+    param_aug = paug.get("param_aug")
     if isinstance(param_aug, str):  # some public shards store the list JSON-encoded
         param_aug = _parse_json(param_aug, "paug.json", key)
     if not isinstance(param_aug, list):
@@ -195,6 +214,7 @@ def decode_sample(members: Mapping[str, Any], *, require_image: bool = True) -> 
         syn_emb=syn_emb,
         url=_as_text(members["url.txt"]) if "url.txt" in members else None,
         image_ext=image_member or "",
+        view_sha=paug.get(VIEW_SHA),
     )
     check_sample(sample)
     return sample
@@ -338,6 +358,10 @@ def _parse_json(text: str, member: str, key: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise ShardFormatError("bad_member", f"{member} is not valid JSON: {error}", key) from error
+
+
+def _is_fingerprint(value: Any) -> bool:
+    return isinstance(value, str) and len(value) > 0 and all(c in "0123456789abcdef" for c in value)
 
 
 def _caption_list(value: Any, key: str) -> list[str]:

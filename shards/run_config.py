@@ -3,6 +3,10 @@
 It must run as is in the public MobileCLIP trainer (contract §2), which reads only
 `reinforce.image_augmentation`; the other keys are ours. Readers of public shards, which come
 without one, get DataCompDR's own recipe.
+
+`image_stack` records the decode/resize code the views were rendered with and `view_fingerprint`
+what the `view_sha` fingerprints in paug.json are; a replay on another stack is noticed through
+them (contract §3, docs/data-contract.md "Exact replay").
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from importlib import metadata
 from typing import Any
 
 from shards import storage
+from shards.reinforced import VIEW_SHA
 from shards.run_folder import CONFIG_FILE
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
+from transforms.fingerprint import FINGERPRINT_ALGORITHM
 
 SCHEMA_VERSION = 1
 # Libraries whose versions can change the bytes we write; recorded so a run can be reproduced.
@@ -32,6 +38,11 @@ VERSIONED_LIBRARIES = (
     "pyarrow",
     "webdataset",
 )
+# May differ on resume: a resumed run on an upgraded machine is still the same run. Its new views
+# carry their own fingerprints, so a stack change shows up wherever they are replayed.
+_RESUMABLE_KEYS = frozenset({"versions", "image_stack"})
+# Added to config.json after runs that lack them were written; such runs still resume.
+_LATER_KEYS = frozenset({"view_fingerprint"})
 
 
 class ConfigError(ValueError):
@@ -48,6 +59,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def view_fingerprint_record() -> dict[str, str]:
+    """config.json's `view_fingerprint`: what the fingerprints are and where they are stored."""
+    return {"algorithm": FINGERPRINT_ALGORITHM, "member": "paug.json", "key": VIEW_SHA}
+
+
+def fingerprints_checkable(config: dict[str, Any] | None) -> bool:
+    """Whether stored fingerprints can be recomputed: only with the run's own view recipe (its
+    config.json) and an algorithm we know (runs from before the record used ours)."""
+    if not config:
+        return False
+    record = config.get("view_fingerprint")
+    return not isinstance(record, dict) or record.get("algorithm") == FINGERPRINT_ALGORITHM
+
+
 def config_bytes(config: dict[str, Any]) -> bytes:
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
@@ -55,8 +80,9 @@ def config_bytes(config: dict[str, Any]) -> bytes:
 def write_or_check_run_config(output_dir: str, config: dict[str, Any]) -> bool:
     """Write config.json, or, when resuming, insist the existing one describes the same run.
 
-    Returns True when a config was already there (a resumed run). Only library versions may differ:
-    a resumed run on an upgraded machine is still the same run, and the first versions are kept.
+    Returns True when a config was already there (a resumed run). Only library versions and the
+    image stack may differ (the first ones are kept), the view recipe is compared as the augmenter
+    it builds (older configs do not list to_tensor), and keys added later may be absent.
     """
     path = storage.join(output_dir, CONFIG_FILE)
     if not storage.exists(path):
@@ -69,7 +95,9 @@ def write_or_check_run_config(output_dir: str, config: dict[str, Any]) -> bool:
     differing = sorted(
         key
         for key in set(existing) | set(config)
-        if key != "versions" and existing.get(key) != json.loads(json.dumps(config.get(key)))
+        if key not in _RESUMABLE_KEYS
+        and not (key in _LATER_KEYS and key not in existing)
+        and not _same_value(key, existing.get(key), json.loads(json.dumps(config.get(key))))
     )
     if differing:
         raise ConfigError(
@@ -77,6 +105,17 @@ def write_or_check_run_config(output_dir: str, config: dict[str, Any]) -> bool:
             "resume with the same settings or pick a new --output"
         )
     return True
+
+
+def _same_value(key: str, existing: Any, new: Any) -> bool:
+    if existing == new:
+        return True
+    if key != "reinforce" or set(existing or {}) != set(new or {}):
+        return False
+    try:
+        return augmenter_from_config({key: existing}) == augmenter_from_config({key: new})
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 def image_augmentation(config: dict[str, Any] | None) -> dict[str, Any]:

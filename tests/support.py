@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from shards.reinforced import ReinforcedSample, encode_sample, open_tar_writer, write_shard
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter, decode_image, encode_param_aug, view_rng
+from transforms.fingerprint import view_fingerprint
 
 # A valid stored view for tests that never decode the image: crop box, ShearX and Rotate.
 FIXED_PARAM_AUG = [[0, 1, 20, 20], [[1, 0.09000000357627869], [5, -9.0]]]
@@ -53,14 +54,16 @@ def reinforced_sample(
 ) -> ReinforcedSample:
     """A sample as the job writes it.
 
-    Views are sampled by `augmenter` on the decoded image (so boxes fit it), else FIXED_PARAM_AUG;
+    Views are sampled by `augmenter` on the decoded image (so boxes fit it) and fingerprinted as the
+    job does, else FIXED_PARAM_AUG without fingerprints (as in shards written before them);
     embeddings come from `embed(rows)`, else random unit rows per teacher slice seeded by the key.
     """
+    view_sha = None
     if augmenter is not None:
         decoded = decode_image(image)
-        param_aug = [
-            encode_param_aug(augmenter.sample(view_rng(seed, key, k), decoded.size)) for k in range(views)
-        ]
+        params = [augmenter.sample(view_rng(seed, key, k), decoded.size) for k in range(views)]
+        param_aug = [encode_param_aug(p) for p in params]
+        view_sha = [view_fingerprint(augmenter.apply(decoded, p)) for p in params]
     else:
         param_aug = [FIXED_PARAM_AUG for _ in range(views)]
     if embed is None:
@@ -83,6 +86,7 @@ def reinforced_sample(
             family: list(synthetic or (f"a synthetic caption {k} of {key}" for k in range(captions)))
         },
         syn_emb={family: embed(captions)},
+        view_sha=view_sha,
     )
 
 

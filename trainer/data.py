@@ -12,6 +12,12 @@ checkpoint knows exactly where each worker stood; a resumed run skips that many 
 
 A bad sample (missing member, wrong embedding width, unknown param_aug version, undecodable image,
 crop box outside the image, ...) is skipped and counted by reason; it never becomes a wrong target.
+
+Replays are checked against the view fingerprints the job stored (when the run's config.json is
+known): every replay when the student's size is the teachers' view size (a hash, nearly free),
+else the first REPLAY_CHECKS_PER_WORKER samples of each worker, re-rendered once at the teachers'
+size. A view that differs from what the teachers saw (another Pillow build) is still trained on,
+and counted in `Batch.replay`; the trainer warns.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from shards.reinforced import ReinforcedSample, ShardFormatError, decode_sample,
 from shards.teacher_slices import TeacherSlice, is_unit_norm, slice_norms
 from trainer.settings import DataSettings
 from transforms import ViewAugmenter, decode_image, decode_param_aug
+from transforms.fingerprint import view_fingerprint
 from transforms.seeding import derive_seed, draw_int
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
@@ -41,6 +48,9 @@ DEFAULT_WORKERS = 2
 _PICK_DOMAIN = "datacompdr-reinforce/trainer-pick"
 _SHARD_ORDER_DOMAIN = "datacompdr-reinforce/trainer-shards"
 _SHUFFLE_DOMAIN = "datacompdr-reinforce/trainer-shuffle"
+# Views checked at the teachers' size per worker when the student replays at another size: about 8 %
+# of DataCompDR views differ between Pillow 12 and 13, so 64 checks miss such a stack 1 time in 200.
+REPLAY_CHECKS_PER_WORKER = 64
 
 
 class DataError(ValueError):
@@ -87,6 +97,7 @@ class Batch:
     worker: int
     position: WorkerPosition  # after the last sample of this batch
     skipped: dict[str, int]  # this worker's skips so far, by reason
+    replay: dict[str, int]  # this worker's fingerprint checks so far: "checked", "differ"
     produce_seconds: float  # worker time spent reading, decoding and replaying this batch
 
     def __len__(self) -> int:
@@ -116,6 +127,7 @@ class SampleReplayer:
         self.tokenizer = tokenizer
         self.seed = seed
         self.augmenter = ViewAugmenter.from_config(settings.augmentation)
+        self.replay_checks: collections.Counter[str] = collections.Counter()
 
     def __call__(self, members: dict[str, Any], epoch: int) -> TrainingSample:
         sample = decode_sample(members)
@@ -147,10 +159,25 @@ class SampleReplayer:
         params = decode_param_aug(sample.param_aug[view_index], version=self.settings.param_aug_version)
         image = decode_image(sample.image)
         view = self.augmenter.apply(image, params, size=self.image_size)
+        self._check_replay(sample, view_index, image, params, view)
         tokens = self.tokenizer([sample.caption, captions[synthetic_index]])
         return TrainingSample(
             sample.key, view, tokens, *targets, view_index=view_index, synthetic_index=synthetic_index
         )
+
+    def _check_replay(
+        self, sample: ReinforcedSample, view_index: int, image: Any, params: Any, view: torch.Tensor
+    ) -> None:
+        """Compare the replayed view with the fingerprint of the view the teachers embedded."""
+        if not self.settings.check_replay or sample.view_sha is None:
+            return
+        if self.image_size != self.augmenter.size:
+            if self.replay_checks["checked"] >= REPLAY_CHECKS_PER_WORKER:
+                return
+            view = self.augmenter.apply(image, params)
+        self.replay_checks["checked"] += 1
+        if view_fingerprint(view) != sample.view_sha[view_index]:
+            self.replay_checks["differ"] += 1
 
 
 def check_unit_slices(vector: np.ndarray, slices: Sequence[TeacherSlice]) -> None:
@@ -214,7 +241,8 @@ class ReinforcedStream(torch.utils.data.IterableDataset):
             if not chunk:
                 return
             position = chunk[-1][1]
-            yield _collate([s for s, _ in chunk], worker, position, skipped, time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+            yield _collate([s for s, _ in chunk], worker, position, skipped, replayer.replay_checks, seconds)
 
     def _samples(
         self,
@@ -275,6 +303,7 @@ def _collate(
     worker: int,
     position: WorkerPosition,
     skipped: collections.Counter[str],
+    replay: collections.Counter[str],
     seconds: float,
 ) -> Batch:
     tokens = torch.stack([s.tokens for s in samples])
@@ -289,6 +318,7 @@ def _collate(
         worker=worker,
         position=position,
         skipped=dict(skipped),
+        replay={"checked": replay["checked"], "differ": replay["differ"]},
         produce_seconds=seconds,
     )
 

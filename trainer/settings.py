@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shards import storage
-from shards.run_config import image_augmentation
+from shards.run_config import fingerprints_checkable, image_augmentation
 from shards.run_folder import CONFIG_FILE
 from shards.teacher_slices import TeacherSlice, slices_from_dims
 from transforms import SUPPORTED_PARAM_AUG_VERSIONS, ViewAugmenter
@@ -33,6 +33,8 @@ class DataSettings:
     augmentation: dict[str, Any]
     param_aug_version: int
     source: str  # where the settings came from, for the log
+    check_replay: bool = False  # the data's view fingerprints can be checked against our replay
+    image_stack: dict[str, str] | None = None  # the decode/resize stack the views were made with
 
     @property
     def embedding_dim(self) -> int:
@@ -110,4 +112,13 @@ def resolve_data_settings(
             f"({sorted(SUPPORTED_PARAM_AUG_VERSIONS)}); upgrade datacompdr-reinforce"
         )
     source = config_path or ("flags" if not config else "config")
-    return DataSettings(tuple(dims), tuple(scales), augmentation, version, source)
+    stack = config.get("image_stack")
+    return DataSettings(
+        tuple(dims),
+        tuple(scales),
+        augmentation,
+        version,
+        source,
+        check_replay=fingerprints_checkable(config),
+        image_stack=stack if isinstance(stack, dict) else None,
+    )

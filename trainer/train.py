@@ -61,6 +61,7 @@ from trainer.settings import (
 )
 from trainer.students import Student, StudentError, create_student, encode
 from transforms import normalize
+from transforms.fingerprint import image_stack
 
 LOG_FILE = "log.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -323,6 +324,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         skipped=cursor.skipped,
     )
     loader = in_worker_order(iter(make_loader(stream, workers)), workers, cursor.next_worker)
+    replay = ReplayCheck(settings)
     student.model.train()
 
     def save(step: int) -> None:
@@ -349,6 +351,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
                 student, weights, optimizer, batch, settings.slices, args.lam, args.grad_clip
             )
             cursor.advance(batch)
+            replay.update(batch)
             seconds = time.perf_counter() - began
             records.append(
                 {
@@ -381,15 +384,49 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         loader.close()  # releases the DataLoader iterator, which stops the loader workers
     if args.eval_data and (not evals or evals[-1]["step"] != args.steps):
         run_eval(args.steps)
-    return summarize(records, cursor, evals)
+    return summarize(records, cursor, evals, replay.totals())
+
+
+class ReplayCheck:
+    """Sums the loader workers' fingerprint checks; warns once when a replay differs from generation."""
+
+    def __init__(self, settings: DataSettings) -> None:
+        self._settings = settings
+        self._by_worker: dict[int, dict[str, int]] = {}
+        self.warned = False
+
+    def update(self, batch: Batch) -> None:
+        self._by_worker[batch.worker] = batch.replay
+        totals = self.totals()
+        if totals["differ"] and not self.warned:
+            self.warned = True
+            print(
+                f"warning: {totals['differ']} of {totals['checked']} replayed views checked so far differ "
+                "from the views the teachers embedded, so their teacher targets describe other pixels. "
+                f"The data was made with {self._settings.image_stack or 'an unrecorded image stack'}; "
+                f"this trainer has {image_stack()}. Match the Pillow build for exact replay (see "
+                "docs/data-contract.md); the final summary gives the counts.",
+                file=sys.stderr,
+            )
+
+    def totals(self) -> dict[str, int]:
+        return {
+            name: sum(counts.get(name, 0) for counts in self._by_worker.values())
+            for name in ("checked", "differ")
+        }
 
 
 def summarize(
-    records: list[dict[str, Any]], cursor: DataCursor, evals: list[dict[str, Any]]
+    records: list[dict[str, Any]],
+    cursor: DataCursor,
+    evals: list[dict[str, Any]],
+    replay: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """First and last losses (averaged over a few steps) and throughput, for the final report line."""
     window = max(1, min(10, len(records) // 4))
     summary: dict[str, Any] = {"steps": len(records), "skipped": cursor.total_skipped()}
+    if replay is not None:
+        summary["replay_check"] = replay
     for name in ("total", "kd_original", "kd_synthetic", "clip_original", "clip_synthetic"):
         if records:
             summary[f"first_{name}"] = sum(r[name] for r in records[:window]) / window

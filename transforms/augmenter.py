@@ -3,7 +3,9 @@
 Steps run in the public DataCompDR order whatever the order of the config's keys:
 RandomResizedCrop -> horizontal flip -> RandAugment (on the crop at the size it was sampled for)
 -> uint8 tensor -> random erasing. ``normalize`` is kept in the config for the model side and
-applied with :func:`transforms.normalize`; ``to_rgb``/``to_tensor`` are accepted and implied.
+applied with :func:`transforms.normalize`; ``to_rgb``/``to_tensor`` are accepted and implied (older
+configs without them still load), and :attr:`ViewAugmenter.config` always lists ``to_tensor``, since
+the public trainer builds only the transforms a config lists.
 
 Sampling and rendering are separate pure steps: ``sample`` draws everything from the generator
 it is given and the source size; ``apply`` is deterministic, and can render at another size from
@@ -49,7 +51,8 @@ DATACOMPDR_AUGMENTATION: dict[str, Any] = {
 # is one smeared pixel column, not a photo. Our choice; callers count ImageTooSmallError.
 DEFAULT_MIN_SIDE = 16
 
-_IMPLIED_STEPS = frozenset({"to_rgb", "to_tensor", "normalize"})
+TO_TENSOR = "to_tensor"
+_IMPLIED_STEPS = frozenset({"to_rgb", TO_TENSOR, "normalize"})
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,11 @@ class ViewAugmenter:
     def config(self) -> dict[str, Any]:
         """The canonical config, every default spelled out; ``from_config(a.config)`` equals ``a``.
 
-        It stays loadable by the public DataCompDR ``compose_from_config`` (no keys it would
-        pass on to torchvision and choke on).
+        It runs as is in the public trainer, which builds exactly the listed transforms in its fixed
+        order: so ``to_tensor`` is listed (without it the trainer's Normalize gets a PIL image), the
+        optional steps carry ``"enable": true`` as the published DataCompDR config does, and no key
+        is one it would pass on to torchvision and choke on. ``normalize`` is listed when configured;
+        the public trainer requires it (and replaces mean and std with its student's).
         """
         crop = self._crop
         out: dict[str, Any] = {
@@ -159,9 +165,10 @@ class ViewAugmenter:
             }
         }
         if self._flip_p is not None:
-            out[FLIP] = {"p": self._flip_p}
+            out[FLIP] = {"enable": True, "p": self._flip_p}
         if (ra := self._rand_augment) is not None:
             out[RAND_AUGMENT] = {
+                "enable": True,
                 "p": ra.p,
                 "num_ops": ra.num_ops,
                 "magnitude": ra.magnitude,
@@ -171,8 +178,15 @@ class ViewAugmenter:
                 out[RAND_AUGMENT]["interpolation"] = ra.interpolation
             if ra.fill is not None:
                 out[RAND_AUGMENT]["fill"] = list(ra.fill)
+        out[TO_TENSOR] = {"enable": True}
         if (er := self._erase) is not None:
-            out[ERASE] = {"p": er.p, "scale": list(er.scale), "ratio": list(er.ratio), "value": 0}
+            out[ERASE] = {
+                "enable": True,
+                "p": er.p,
+                "scale": list(er.scale),
+                "ratio": list(er.ratio),
+                "value": 0,
+            }
         if self._normalize is not None:
             out["normalize"] = copy.deepcopy(self._normalize)
         return out

@@ -110,6 +110,23 @@ def test_reads_public_variants_param_aug_string_and_v2_families() -> None:
     assert loaded["syn_text_coca_emb"].dtype == torch.bfloat16
 
 
+def _with_view_sha(members: dict, view_sha: object) -> None:
+    paug = json.loads(members["paug.json"])
+    members["paug.json"] = json.dumps(paug | {"view_sha": view_sha}).encode()
+
+
+def test_view_fingerprints_sit_beside_param_aug_and_round_trip() -> None:
+    sample = make_sample(5, views=3)
+    assert json.loads(encode_sample(sample)["paug.json"]) == {
+        "param_aug": sample.param_aug
+    }  # none: as before
+    sample.view_sha = ["0123456789abcdef", "fedcba9876543210", "00000000000000ff"]
+    members = encode_sample(sample, "v2", "bf16")
+    assert json.loads(members["paug.json"]) == {"param_aug": sample.param_aug, "view_sha": sample.view_sha}
+    assert decode_sample(members).view_sha == sample.view_sha
+    assert decode_sample(encode_sample(make_sample(5))).view_sha is None
+
+
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
@@ -121,6 +138,9 @@ def test_reads_public_variants_param_aug_string_and_v2_families() -> None:
             lambda m: m.update({"paug.json": json.dumps({"param_aug": [[[0, 0, 1, 1], []]]}).encode()}),
             "count_mismatch",
         ),
+        (lambda m: _with_view_sha(m, ["0123456789abcdef"] * 2), "bad_member"),  # 3 views
+        (lambda m: _with_view_sha(m, ["not hex!"] * 3), "bad_member"),
+        (lambda m: _with_view_sha(m, "0123456789abcdef"), "bad_member"),
     ],
 )
 def test_malformed_samples_are_refused_with_a_reason(mutate, reason: str) -> None:

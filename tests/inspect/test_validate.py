@@ -318,3 +318,32 @@ def test_nothing_to_validate_is_a_failure(tmp_path: Path, capsys) -> None:
     code, lines = run_cli([str(tmp_path)], capsys)
     assert code == 1
     assert lines[0] == f"{tmp_path} - no_shards: no .tar shard found here"
+
+
+def test_a_view_that_replays_to_other_pixels_fails_and_old_shards_are_noted(make_run, capsys) -> None:
+    """Fingerprints stored at generation are recomputed from image + param_aug; a mismatch is never silent."""
+    run = make_run()
+    shard = run / "00000000.tar"
+
+    def other_generation_stack(index: int, members: Members) -> Members:
+        paug = json.loads(members["paug.json"])
+        if index == 1:  # as if the teachers' Pillow had rendered views 0 and 2 differently
+            for k in (0, 2):
+                paug["view_sha"][k] = "0" * 16
+        if index == 3:  # a sample from before fingerprints: nothing to check
+            del paug["view_sha"]
+        return {**members, "paug.json": json.dumps(paug).encode()}
+
+    rewrite_shard(shard, other_generation_stack)
+    code, lines = run_cli([str(run)], capsys)
+    assert code == 1
+    key = [m["__key__"] for m in iter_members(str(shard))][1]
+    assert lines[0] == (
+        f"{shard} {key} replay_differs: views [0, 2] of 3 replay to other pixels than the teachers saw "
+        "(a different decode/resize stack: see the notes)"
+    )
+    assert lines[-1].endswith("(replay_differs 1)")
+    notes = validate.validate(str(run)).notes
+    assert "1 sample(s) carry no view fingerprints (written before they existed)" in notes[0]
+    assert "replay: 15 view(s) re-rendered, 2 differ" in notes[1]  # 5 fingerprinted samples x 3 views
+    assert notes[2].startswith("image stack here: {'pillow': ")

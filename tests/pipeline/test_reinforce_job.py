@@ -18,6 +18,7 @@ from shards.raw import IMAGE_EXTENSIONS
 from shards.reinforced import iter_shard
 from teachers.ensemble import TeacherEnsemble
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter, decode_image, decode_param_aug
+from transforms.fingerprint import image_stack, view_fingerprint
 
 
 def test_writes_contract_outputs(reference_run, sample_raw_dir, job):
@@ -41,6 +42,7 @@ def test_writes_contract_outputs(reference_run, sample_raw_dir, job):
         and config["embedding_dtype"] == "fp32"
         and "apache-beam" in config["versions"]
     )
+    assert config["image_stack"] == image_stack() and config["view_fingerprint"]["key"] == "view_sha"
 
     raw = {}
     with tarfile.open(sample_raw_dir / "00000000.tar") as tar:
@@ -81,6 +83,7 @@ def test_stored_views_and_captions_replay_to_the_stored_embeddings(reference_run
         for k, entry in enumerate(sample.param_aug):
             views.append(augmenter.apply(image, decode_param_aug(entry)))
             stored_views.append(sample.image_emb[k])
+            assert view_fingerprint(views[-1]) == sample.view_sha[k]  # the fingerprint of the embedded view
         texts += [sample.caption, *sample.syn_captions["syn_text"]]
         stored_texts += [sample.caption_emb, *sample.syn_emb["syn_text"]]
     replayed_images = ensemble.embed_images(torch.stack(views))

@@ -87,6 +87,32 @@ def test_config_written_once_and_a_resume_must_match(tmp_path):
         write_or_check_run_config(out, run_config(num_views=10))
 
 
+def test_config_records_the_image_stack_and_runs_written_before_it_still_resume(tmp_path):
+    from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
+    from transforms.fingerprint import image_stack
+
+    config = run_config()
+    assert config["image_stack"] == image_stack() and {"pillow", "libjpeg_turbo", "zlib", "libwebp",
+        "torchvision"} <= set(config["image_stack"])  # fmt: skip
+    assert (
+        config["view_fingerprint"]["key"] == "view_sha"
+        and "blake2b" in config["view_fingerprint"]["algorithm"]
+    )
+    canonical = ViewAugmenter.from_config(DATACOMPDR_AUGMENTATION).config
+    config["reinforce"] = {"image_augmentation": canonical}
+    before = {k: v for k, v in DATACOMPDR_AUGMENTATION.items() if k != "to_tensor"}  # what runs wrote
+    older = {k: v for k, v in config.items() if k not in ("view_fingerprint", "image_stack")}
+    older["reinforce"] = {"image_augmentation": before}
+    out = str(tmp_path / "out")
+    write_or_check_run_config(out, older)
+    assert write_or_check_run_config(out, config) is True  # same recipe, same run; new keys may be absent
+    other_stack = dict(config, image_stack=dict(config["image_stack"], pillow="12.3.0"))
+    assert write_or_check_run_config(out, other_stack) is True  # the views' fingerprints will tell
+    changed = dict(config, reinforce={"image_augmentation": dict(canonical, rand_augment={"num_ops": 3})})
+    with pytest.raises(ConfigError, match="reinforce"):
+        write_or_check_run_config(out, changed)
+
+
 def test_stats_commit_a_shard_and_feed_manifest_and_summary(tmp_path):
     out = str(tmp_path)
     assert shard_name("gs://b/raw/00000007.tar") == "00000007"

@@ -15,6 +15,7 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from tests.public_trainer import public_transforms
 from transforms import (
     DATACOMPDR_AUGMENTATION,
     AugmentationError,
@@ -47,13 +48,20 @@ def test_datacompdr_config_is_understood(augmenter: ViewAugmenter) -> None:
             "ratio": [0.75, 4 / 3],
             "interpolation": "bicubic",
         },
-        "rand_augment": {"p": 1.0, "num_ops": 2, "magnitude": 9, "num_magnitude_bins": 31},
+        "rand_augment": {"enable": True, "p": 1.0, "num_ops": 2, "magnitude": 9, "num_magnitude_bins": 31},
+        "to_tensor": {"enable": True},
         "normalize": {
             "mean": [0.48145466, 0.4578275, 0.40821073],
             "std": [0.26862954, 0.26130258, 0.27577711],
         },
     }
     assert ViewAugmenter.from_config(augmenter.config) == augmenter
+
+
+def test_configs_written_before_to_tensor_was_listed_still_load(augmenter: ViewAugmenter) -> None:
+    older = {k: v for k, v in augmenter.config.items() if k != "to_tensor"}
+    older["rand_augment"] = {k: v for k, v in older["rand_augment"].items() if k != "enable"}
+    assert ViewAugmenter.from_config(older) == augmenter
 
 
 def test_config_key_order_and_disabled_steps_and_interpolation_enums() -> None:
@@ -254,18 +262,21 @@ def test_augmenter_pickles_for_beam(augmenter, photo) -> None:
     assert torch.equal(clone.apply(photo, params), augmenter.apply(photo, params))
 
 
-def test_canonical_config_builds_the_public_torchvision_steps() -> None:
-    """The public DataCompDR code passes each step's options to a torchvision class: they must fit."""
+def test_canonical_config_with_every_step_runs_in_the_public_trainer(photo) -> None:
+    """Built by the public trainer's rules (tests/public_trainer.py): every listed step, in its order."""
     config = ViewAugmenter.from_config(
         copy.deepcopy(DATACOMPDR_AUGMENTATION)
         | {"random_horizontal_flip": {"p": 0.5}, "random_erase": {"p": 0.25}}
     ).config
-    crop = dict(
-        config["random_resized_crop"],
-        interpolation=InterpolationMode(config["random_resized_crop"]["interpolation"]),
-    )
-    T.RandomResizedCrop(**crop)
-    T.RandAugment(**{k: v for k, v in config["rand_augment"].items() if k != "p"})
-    T.RandomHorizontalFlip(**config["random_horizontal_flip"])
-    T.RandomErasing(**config["random_erase"])
-    T.Normalize(**config["normalize"])
+    run_config = {"reinforce": {"image_augmentation": config}}
+    compose = public_transforms(run_config, (0.5,) * 3, (0.25,) * 3)
+    assert [type(t) for t in compose.transforms] == [
+        T.RandomResizedCrop,
+        T.RandomHorizontalFlip,
+        T.RandAugment,
+        T.ToTensor,
+        T.RandomErasing,
+        T.Normalize,
+    ]
+    pixels = compose(photo)
+    assert pixels.dtype == torch.float32 and pixels.shape == (3, 224, 224)

@@ -3,11 +3,12 @@
 Each case: encode an image file, decode it with our convention, sample a view from a seeded
 generator, store it as JSON, load it back, render it, and compare with torchvision v1 rendering the
 same parameters on the public trainer's decode of the same bytes; some cases also at the student's
-size 256.
+size 256. Another test covers crops taller and wider than the output, above and below its size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -107,3 +108,57 @@ def test_replay_matches_torchvision(
     assert fallbacks > 0
     if config_name == "everything_on":
         assert flips > 0 and erases > 0 and skipped_ops > 0
+
+
+# Sources large enough for crops above the 224 output: tall, wide and square, several modes and formats.
+LARGE_SOURCES = [
+    (300, 700, "RGB", "JPEG"),
+    (700, 300, "RGB", "PNG"),
+    (480, 640, "L", "JPEG"),
+    (640, 480, "CMYK", "JPEG"),
+    (250, 900, "RGBA", "WEBP"),
+    (900, 250, "P", "PNG"),
+    (512, 512, "RGB", "WEBP"),
+    (229, 400, "LA", "PNG"),
+]
+# Explicit boxes (fractions of the source) that make sure every shape class occurs on every source.
+SHAPE_BOXES = {
+    "tall_above": (0.95, 0.3),
+    "wide_above": (0.3, 0.95),
+    "tall_below": (0.3, 0.2),
+    "wide_below": (0.2, 0.3),
+}
+
+
+def _shape(h: int, w: int, size: int) -> str:
+    return f"{'tall' if h > w else 'wide' if w > h else 'square'}_{'above' if max(h, w) > size else 'below'}"
+
+
+def test_crops_taller_and_wider_than_the_output_replay_like_torchvision(
+    make_pixels, make_image_bytes, decode_reference, reference
+):
+    """Downscaling crops (where Pillow builds have differed) as well as upscaling ones, at 224 and 256."""
+    augmenter = ViewAugmenter.from_config(DATACOMPDR_AUGMENTATION)
+    shapes: dict[str, int] = {}
+    for index, (width, height, mode, fmt) in enumerate(LARGE_SOURCES):
+        data = make_image_bytes(make_pixels(width, height, 500 + index), mode, fmt, seed=index)
+        image = decode_image(data)
+        expected_image = decode_reference(data)
+        assert image.tobytes() == expected_image.tobytes(), (mode, fmt)
+        views = [augmenter.sample(view_rng(3, f"large{index}", k), image.size) for k in range(6)]
+        for fh, fw in SHAPE_BOXES.values():
+            h, w = max(1, round(fh * min(height, 2 * width))), max(1, round(fw * min(width, 2 * height)))
+            h, w = min(h, height), min(w, width)
+            views.append(dataclasses.replace(views[0], crop=((height - h) // 2, (width - w) // 2, h, w)))
+        for params in views:
+            replayed = decode_param_aug(json.loads(json.dumps(encode_param_aug(params))))
+            for size in (224, 256):
+                expected = reference(expected_image, replayed, size)
+                assert torch.equal(augmenter.apply(image, replayed, size=size), expected), (
+                    index,
+                    params,
+                    size,
+                )
+            _, _, h, w = params.crop
+            shapes[_shape(h, w, 224)] = shapes.get(_shape(h, w, 224), 0) + 1
+    assert all(shapes.get(name, 0) >= len(LARGE_SOURCES) for name in SHAPE_BOXES), shapes
