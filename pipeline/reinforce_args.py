@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where workers run the models: auto (a GPU when the worker has one), cpu, cuda or cuda:N",
     )
+    parser.add_argument(
+        "--feed-workers",
+        type=int,
+        default=0,
+        help="processes per worker that decode and augment ahead of the models (GPU workers: cores - 1); "
+        "0 = one read-ahead thread. Output bytes do not depend on it",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
     parser.add_argument(
         "--force-takeover",
@@ -145,6 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> ReinforceSettings:
         batch_size=args.batch_size,
         max_image_pixels=args.max_image_pixels,
         device=args.device,
+        feed_workers=args.feed_workers,
     )
     settings.validate()
     return settings

@@ -14,6 +14,7 @@ same way, and draws each sample's captions from a seed of (run seed, uid).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import threading
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.feed import ordered_map
 from pipeline.settings import ReinforceSettings
 from shards.raw import RawSample, SkippedSample, SkipReason, iter_raw_shard
 from shards.reinforced import ReinforcedSample
@@ -89,7 +91,7 @@ class _Prepared:
     raw: RawSample
     image: Image.Image
     params: list[Any]
-    views: torch.Tensor | None  # [A, 3, S, S] uint8, until handed to the teachers' queue
+    views: np.ndarray | None  # [A, 3, S, S] uint8, until handed to the teachers' queue
     view_sha: list[str]  # the views' fingerprints, stored so a replay can tell it matches
 
 
@@ -142,8 +144,14 @@ def reinforce_shard(
         paths["tar"], paths["parquet"], layout=settings.layout, embedding_dtype=settings.embedding_dtype
     ) as writer:
         stream = _SampleStream(settings, models, writer, skip, clock, on_batch)
-        prepared_items = _prepared(input_path, settings, models.augmenter)
-        for item in read_ahead(prepared_items, depth=max(8, stream.group_size), clock=clock):
+        depth = max(8, stream.group_size)
+        prepared_items = ordered_map(
+            functools.partial(_prepare_item, settings, models.augmenter),
+            _timed_reads(iter_raw_shard(input_path)),
+            workers=settings.feed_workers,
+            depth=depth,
+        )
+        for item in read_ahead(prepared_items, depth=depth, clock=clock):
             if isinstance(item, SkippedSample) and item.reason == SkipReason.UNREADABLE_SHARD:
                 # Possibly transient (a flaky bucket, a missing mount): leave the shard uncommitted.
                 raise ShardUnreadableError(f"{input_path}: {item.detail}")
@@ -162,26 +170,31 @@ def reinforce_shard(
     return stats
 
 
-def _prepared(
-    input_path: str, settings: ReinforceSettings, augmenter: Augmenter
-) -> Iterator[tuple[_Prepared | SkippedSample, dict[str, float]]]:
-    """Read, decode and augment, in shard order; each item comes with the seconds it took per stage."""
-    items = iter_raw_shard(input_path)
+def _timed_reads(items: Iterator[RawSample | SkippedSample]) -> Iterator[tuple[Any, dict[str, float]]]:
+    """The raw shard's items in order, each with the seconds its read took."""
     while True:
         start = time.perf_counter()
         item = next(items, None)
         seconds = {"read": time.perf_counter() - start}
         if item is None:
             return
-        if isinstance(item, RawSample):
-            try:
-                item = _prepare(item, settings, augmenter, seconds)
-            except (BadImageError, AugmentationError) as exc:
-                item = SkippedSample(item.key, skip_reason_for_image_error(exc), str(exc)[:200])
-            except Exception as exc:  # an image no check foresaw must cost one sample, not the shard
-                _LOG.warning("sample %s of %s skipped: %r", item.key, input_path, exc)
-                item = SkippedSample(item.key, SAMPLE_FAILED, f"{type(exc).__name__}: {exc}"[:200])
         yield item, seconds
+
+
+def _prepare_item(
+    settings: ReinforceSettings, augmenter: Augmenter, entry: tuple[Any, dict[str, float]]
+) -> tuple[_Prepared | SkippedSample, dict[str, float]]:
+    """Decode and augment one raw sample (in this process or a feed process); bad ones become skips."""
+    item, seconds = entry
+    if not isinstance(item, RawSample):
+        return item, seconds
+    try:
+        return _prepare(item, settings, augmenter, seconds), seconds
+    except (BadImageError, AugmentationError) as exc:
+        return SkippedSample(item.key, skip_reason_for_image_error(exc), str(exc)[:200]), seconds
+    except Exception as exc:  # an image no check foresaw must cost one sample, not the shard
+        _LOG.warning("sample %s skipped: %r", item.key, exc)
+        return SkippedSample(item.key, SAMPLE_FAILED, f"{type(exc).__name__}: {exc}"[:200]), seconds
 
 
 def read_ahead(items: Iterator[tuple[Any, dict[str, float]]], *, depth: int, clock: _Clock) -> Iterator[Any]:
@@ -237,6 +250,7 @@ def _prepare(
     params = [augmenter.sample(rng, image.size) for rng in rngs]
     views = torch.stack([augmenter.apply(image, p) for p in params])
     view_sha = [view_fingerprint(view) for view in views]
+    views = views.numpy()  # plain arrays cross from feed processes without torch's shared memory
     seconds["augment"] = time.perf_counter() - decoded
     return _Prepared(raw=raw, image=image, params=params, views=views, view_sha=view_sha)
 
@@ -341,7 +355,7 @@ class _SampleStream:
                 )
                 continue
             self._waiting.append((prepared, result))
-            self._images.push(list(prepared.views))
+            self._images.push(list(torch.from_numpy(prepared.views)))
             self._texts.push([prepared.raw.caption, *result])
             prepared.views = None  # the teachers' queue holds them now; keep one copy only
         self._write_ready()

@@ -39,6 +39,7 @@ class ReinforceSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     device: str = "auto"  # where workers run the models: auto = the worker's GPU if it has one
+    feed_workers: int = 0  # decode/augment processes per worker; 0 = one read-ahead thread (no bytes change)
 
     def validate(self) -> None:
         problems = []
@@ -64,6 +65,8 @@ class ReinforceSettings:
             problems.append("--caption-tag must be letters, digits and underscores")
         if self.batch_size < 1:
             problems.append("--batch-size must be at least 1")
+        if self.feed_workers < 0:
+            problems.append("--feed-workers must be 0 or more")
         if self.max_image_pixels < 1:
             problems.append("--max-image-pixels must be at least 1")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
