@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.reinforce_graph import NAMESPACE, ReinforceShardFn, build_graph
+from beam_jobs.reinforce_graph import NAMESPACE, ReinforceShardFn, ShardFn, build_graph
 from beam_jobs.runners import (
     ReinforceWorkerOptions,
     create_runner,
@@ -102,6 +102,20 @@ def describe_run(settings: ReinforceSettings, models: Any) -> dict[str, Any]:
     )
 
 
+def beam_options(beam_args: list[str]) -> PipelineOptions:
+    """The Beam options of a launch; ConfigError for arguments neither we nor Beam know. Sets this
+    process's filesystem options, so the launcher's own reads and writes reach s3:// and gs:// too."""
+    unusable = unusable_beam_args(beam_args)
+    if unusable:
+        raise ConfigError(
+            f"unknown arguments {' '.join(unusable)} (not ours, not Beam's; see --help). "
+            "Quote globs so the shell leaves them alone: --input 'raw/*.tar'"
+        )
+    options = PipelineOptions(beam_args)
+    storage.use_filesystem_options(options)
+    return options
+
+
 def run_job(
     settings: ReinforceSettings,
     beam_args: list[str],
@@ -114,38 +128,49 @@ def run_job(
     `load_models` is what every worker (and the launcher, to describe the models) calls once: the
     teachers and captioner by default; benchmarks pass stand-ins.
     """
-    unusable = unusable_beam_args(beam_args)
-    if unusable:
-        raise ConfigError(
-            f"unknown arguments {' '.join(unusable)} (not ours, not Beam's; see --help). "
-            "Quote globs so the shell leaves them alone: --input 'raw/*.tar'"
-        )
-    options = PipelineOptions(beam_args)
-    storage.use_filesystem_options(options)  # s3/gcs options apply to the launcher's own reads and writes too
+    options = beam_options(beam_args)
     inputs = find_input_shards(settings.input_pattern)
     models = load_models(settings)
     write_or_check_run_config(settings.output_dir, describe_run(settings, models))
+    return run_shards(
+        options, settings, inputs, ReinforceShardFn, load_models, models, show_progress=show_progress
+    )
+
+
+def run_shards(
+    options: PipelineOptions,
+    settings: Any,
+    inputs: list[str],
+    shard_fn_type: type[ShardFn],
+    load_models: Callable[[Any], Any],
+    models: Any,
+    *,
+    show_progress: bool,
+) -> JobOutcome:
+    """Run the shard stage on every input shard not yet committed in `settings.output_dir`, then write
+    the manifest and summary. `models` are the launcher's loaded copy (reused by an in-process worker)."""
+    output_dir = settings.output_dir
     shards = [shard_name(p) for p in inputs]
-    done = committed_shards(settings.output_dir)
+    done = committed_shards(output_dir)
     pending = [p for p in inputs if shard_name(p) not in done]
     for path in pending:  # a killed earlier attempt may have left temporaries of these shards behind
-        remove_stale_temporaries(settings.output_dir, shard_name(path))
+        remove_stale_temporaries(output_dir, shard_name(path))
     _LOG.info(
         "%d input shards, %d already done, %d to do", len(inputs), len(inputs) - len(pending), len(pending)
     )
 
     ours = options.view_as(ReinforceWorkerOptions)
     sharing = ours.workers_per_machine or local_worker_processes(options)
-    shard_fn = ReinforceShardFn(settings, ours.model_threads, sharing, load_models)
+    shard_fn = shard_fn_type(settings, ours.model_threads, sharing, load_models)
     local = is_local(options)
     # The in-process worker uses the launcher's copy instead of loading a second one.
     adopted = shard_fn.adopt(models) if local and local_worker_processes(options) == 1 else None
     del models
     start = time.monotonic()
     pipeline = beam.Pipeline(runner=create_runner(options), options=options)
-    build_graph(pipeline, settings, pending, shards, shard_fn=shard_fn)
+    build_graph(pipeline, output_dir, pending, shards, shard_fn=shard_fn)
     with (
-        ShardProgress(settings.output_dir, [shard_name(p) for p in pending])
+        ShardProgress(output_dir, [shard_name(p) for p in pending])
         if show_progress and local and pending
         else contextlib.nullcontext()
     ):
@@ -159,7 +184,7 @@ def run_job(
                 client.close()
     wall = time.monotonic() - start
     del adopted
-    stats = committed_stats(settings.output_dir, shards)
+    stats = committed_stats(output_dir, shards)
     done_now = [shard_name(p) for p in pending if shard_name(p) in stats]
     return JobOutcome(
         summary=summarize_run(shards, stats),

@@ -91,7 +91,7 @@ class _Prepared:
     views: torch.Tensor | None  # [A, 3, S, S] uint8, until handed to the teachers' queue
 
 
-class _Clock:
+class StageClock:
     """Wall seconds per stage, for the stats file (the only output that may differ between runs)."""
 
     def __init__(self) -> None:
@@ -115,6 +115,30 @@ def caption_seed(seed: int, uid: str) -> int:
     return derive_seed(_CAPTION_DOMAIN, seed, uid)
 
 
+def caption_problem(result: Any, num_captions: int) -> str | None:
+    """Why a captioner result is unusable (a CaptionFailure, a wrong count), or None when it is fine."""
+    if isinstance(result, list) and len(result) == num_captions:
+        return None
+    why = f"{getattr(result, 'reason', '')} {getattr(result, 'detail', '')}".strip()
+    return why[:200] or "wrong number of captions"
+
+
+def render_views(augmenter: Augmenter, image: Image.Image, params: list[Any]) -> torch.Tensor:
+    """uint8 [A, 3, S, S]: the views the teachers see, at the augmenter's size (the job's and a replay's)."""
+    return torch.stack([augmenter.apply(image, p) for p in params])
+
+
+def embed_view_rows(embedder: ImageEmbedder, views: list[Any]) -> np.ndarray:
+    """float32 [N, D] for one fixed-size batch of views; None rows (padding) embed a blank view."""
+    template = next(v for v in views if v is not None)
+    batch = torch.stack([v if v is not None else torch.zeros_like(template) for v in views])
+    return embedder.embed_images(batch).float().cpu().numpy()
+
+
+def embed_text_rows(embedder: ImageEmbedder, texts: list[str]) -> np.ndarray:
+    return embedder.embed_texts(texts).float().cpu().numpy()
+
+
 def reinforce_shard(
     input_path: str,
     settings: ReinforceSettings,
@@ -127,14 +151,11 @@ def reinforce_shard(
     paths = output_paths(settings.output_dir, shard)
     stats = ShardStats(shard=shard, input_path=input_path)
     skips: list[SkippedSample] = []
-    clock = _Clock()
+    clock = StageClock()
 
     def skip(item: SkippedSample) -> None:
         skips.append(item)
-        if item.whole_shard:  # damage to the shard itself, not a sample
-            stats.shard_errors[item.reason] = stats.shard_errors.get(item.reason, 0) + 1
-        else:
-            stats.skipped[item.reason] = stats.skipped.get(item.reason, 0) + 1
+        stats.count(item)
 
     with ShardWriter(
         paths["tar"], paths["parquet"], layout=settings.layout, embedding_dtype=settings.embedding_dtype
@@ -182,7 +203,9 @@ def _prepared(
         yield item, seconds
 
 
-def read_ahead(items: Iterator[tuple[Any, dict[str, float]]], *, depth: int, clock: _Clock) -> Iterator[Any]:
+def read_ahead(
+    items: Iterator[tuple[Any, dict[str, float]]], *, depth: int, clock: StageClock
+) -> Iterator[Any]:
     """Run `items` in a helper thread up to `depth` items ahead, so that decoding and augmenting (PIL,
     mostly outside the GIL) overlap the models' work. Order, and so every output byte, is unchanged."""
     queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
@@ -233,12 +256,12 @@ def _prepare(
     seconds["decode"] = decoded - start
     rngs = [view_rng(settings.seed, raw.uid, k) for k in range(settings.num_views)]
     params = [augmenter.sample(rng, image.size) for rng in rngs]
-    views = torch.stack([augmenter.apply(image, p) for p in params])
+    views = render_views(augmenter, image, params)
     seconds["augment"] = time.perf_counter() - decoded
     return _Prepared(raw=raw, image=image, params=params, views=views)
 
 
-class _FixedBatches:
+class FixedBatches:
     """Rows in, results out in the same order; `embed` always gets exactly `size` rows.
 
     The last, partial batch of a shard is padded with `pad` rows whose results are dropped.
@@ -286,7 +309,7 @@ class _SampleStream:
         models: ShardModels,
         writer: ShardWriter,
         skip: Callable[[SkippedSample], None],
-        clock: _Clock,
+        clock: StageClock,
         on_batch: Callable[[int], None] | None,
     ) -> None:
         self._settings = settings
@@ -298,18 +321,16 @@ class _SampleStream:
         self._group: list[_Prepared] = []
         self.group_size = caption_group_size(settings, models.captioner)
         self._waiting: deque[tuple[_Prepared, list[str]]] = deque()  # captioned, embeddings pending
-        self._images = _FixedBatches(settings.batch_size, self._embed_images, None)
-        self._texts = _FixedBatches(settings.batch_size, self._embed_texts, "")
+        self._images = FixedBatches(settings.batch_size, self._embed_images, None)
+        self._texts = FixedBatches(settings.batch_size, self._embed_texts, "")
 
     def _embed_images(self, views: list[Any]) -> np.ndarray:
         with self._clock.stage("embed_images"):
-            template = next(v for v in views if v is not None)
-            batch = torch.stack([v if v is not None else torch.zeros_like(template) for v in views])
-            return self._models.ensemble.embed_images(batch).float().cpu().numpy()
+            return embed_view_rows(self._models.ensemble, views)
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         with self._clock.stage("embed_texts"):
-            return self._models.ensemble.embed_texts(texts).float().cpu().numpy()
+            return embed_text_rows(self._models.ensemble, texts)
 
     def add(self, prepared: _Prepared) -> None:
         self._group.append(prepared)
@@ -331,11 +352,9 @@ class _SampleStream:
             seeds = [caption_seed(settings.seed, p.raw.uid) for p in group]
             results = self._models.captioner.caption([p.image for p in group], seeds, settings.num_captions)
         for prepared, result in zip(group, results, strict=True):
-            if not (isinstance(result, list) and len(result) == settings.num_captions):
-                why = f"{getattr(result, 'reason', '')} {getattr(result, 'detail', '')}".strip()
-                self._skip(
-                    SkippedSample(prepared.raw.key, CAPTION_FAILED, why[:200] or "wrong number of captions")
-                )
+            problem = caption_problem(result, settings.num_captions)
+            if problem is not None:
+                self._skip(SkippedSample(prepared.raw.key, CAPTION_FAILED, problem))
                 continue
             self._waiting.append((prepared, result))
             self._images.push(list(prepared.views))
