@@ -65,9 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
         "as the reinforce job's --caption-tag)",
     )
     parser.add_argument(
-        "--num-captions", type=int, help="captions per image in the added family (default: the input's)"
-    )
-    parser.add_argument(
         "--precision", default="fp32", choices=["fp32", "bf16"], help="the added model's weights"
     )
     parser.add_argument(
@@ -91,7 +88,6 @@ def settings_from_args(args: argparse.Namespace) -> ExtendSettings:
         add_captioner=args.add_captioner,
         caption_tag=args.caption_tag,
         v1_caption_tag=args.v1_caption_tag,
-        num_captions=args.num_captions,
         precision=args.precision,
         batch_size=args.batch_size,
         device=args.device,

@@ -34,7 +34,6 @@ class ExtendSettings:
     add_captioner: str | None = None
     caption_tag: str | None = None
     v1_caption_tag: str = DEFAULT_V1_CAPTION_TAG
-    num_captions: int | None = None  # of the new family; default the input's
     precision: str = "fp32"
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "auto"
@@ -50,8 +49,6 @@ class ExtendSettings:
                 problems.append(f"{flag} must be letters, digits and underscores")
         if self.kd_logit_scale <= 0:
             problems.append("--kd-logit-scale must be positive")
-        if self.num_captions is not None and self.num_captions < 1:
-            problems.append("--num-captions must be at least 1")
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {PRECISIONS}")
         if self.batch_size < 1:
@@ -114,12 +111,13 @@ class ExtendSettings:
         return f"{V1_FAMILY}_{self.caption_tag}"
 
     @property
-    def new_num_captions(self) -> int:
-        return self.num_captions if self.num_captions is not None else int(self.input_config["num_captions"])
+    def num_captions(self) -> int:
+        """Captions per image of the new family: the run's S, which every family shares."""
+        return int(self.input_config["num_captions"])
 
     @property
     def caption_group(self) -> int:
-        return max(1, self.batch_size // self.new_num_captions)
+        return max(1, self.batch_size // self.num_captions)
 
 
 def _input_problems(config: dict[str, Any]) -> list[str]:
@@ -170,7 +168,7 @@ def build_extended_config(
         step["added_teacher"] = teacher["spec"]
     if captioner is not None:
         families = dict(config.get("caption_families") or {settings.input_families[0]: config["captioner"]})
-        families[settings.new_family] = {**captioner, "num_captions": settings.new_num_captions}
+        families[settings.new_family] = {**captioner, "num_captions": settings.num_captions}
         config["layout"] = "v2"
         config["caption_family"] = settings.input_families[0]
         config["caption_families"] = families

@@ -240,7 +240,7 @@ class _GrowthStream:
         if not self._group:
             return
         group, self._group = self._group, []
-        settings, count = self._settings, self._settings.new_num_captions
+        settings, count = self._settings, self._settings.num_captions
         with self._clock.stage("caption"):
             seeds = [caption_seed(settings.seed, p.sample.uid) for p in group]
             results = self._models.captioner.caption([p.image for p in group], seeds, count)
