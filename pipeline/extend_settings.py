@@ -160,9 +160,11 @@ def build_extended_config(
     captioner: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input's config grown by the new teacher (appended: teachers order = slice order) or caption
-    family, with one `extended` entry recording what was added, from where, with which libraries."""
+    family, with one `extended` entry recording what was added, and from where."""
     config = copy.deepcopy(settings.input_config)
-    step: dict[str, Any] = {"input": settings.input_pattern, "versions": library_versions()}
+    # `versions` are this run's (a resume may differ there only); the input's stay in its step.
+    step: dict[str, Any] = {"input": settings.input_pattern, "input_versions": config.get("versions")}
+    config["versions"] = library_versions()
     if teacher is not None:
         config["teachers"] = [*config["teachers"], teacher]
         step["added_teacher"] = teacher["spec"]
