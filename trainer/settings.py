@@ -7,6 +7,7 @@ wrong split of the stored vectors would give a plausible-looking but wrong KD ta
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ class DataSettings:
     augmentation: dict[str, Any]
     param_aug_version: int
     source: str  # where the settings came from, for the log
+    caption_families: tuple[str, ...] | None = None  # synthetic families to draw from; None = all, pooled
 
     @property
     def embedding_dim(self) -> int:
@@ -49,6 +51,8 @@ class DataSettings:
             "image_augmentation": self.augmentation,
             "param_aug_version": self.param_aug_version,
             "source": self.source,
+            # only when chosen, so that runs from before the choice existed resume unchanged
+            **({"caption_families": list(self.caption_families)} if self.caption_families else {}),
         }
 
 
@@ -77,6 +81,7 @@ def resolve_data_settings(
     teacher_dims: Sequence[int] | None = None,
     kd_logit_scales: Sequence[float] | None = None,
     config_path: str | None = None,
+    caption_families: Sequence[str] | None = None,
 ) -> DataSettings:
     """Combine the run's config (if any) with flags; flags win."""
     config = config or {}
@@ -110,4 +115,17 @@ def resolve_data_settings(
             f"({sorted(SUPPORTED_PARAM_AUG_VERSIONS)}); upgrade datacompdr-reinforce"
         )
     source = config_path or ("flags" if not config else "config")
-    return DataSettings(tuple(dims), tuple(scales), augmentation, version, source)
+    families = tuple(caption_families) if caption_families else None
+    return DataSettings(tuple(dims), tuple(scales), augmentation, version, source, families)
+
+
+def parse_caption_families(text: str) -> tuple[str, ...] | None:
+    """`--caption-families`: `all` (None: every family, pooled) or `syn_text_coca,syn_text_blip`."""
+    if text.strip() == "all":
+        return None
+    families = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not families or not all(f == "syn_text" or f.startswith("syn_text_") for f in families):
+        raise argparse.ArgumentTypeError(
+            f"caption families look like syn_text_coca,syn_text_blip or all, not {text!r}"
+        )
+    return families
