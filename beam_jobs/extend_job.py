@@ -15,6 +15,7 @@ from pipeline.extend_settings import ExtendSettings, build_extended_config
 from pipeline.extend_shard import ExtendModels
 from pipeline.worker_models import load_extend_models
 from shards.run_config import write_or_check_run_config
+from shards.run_folder import ShardStats
 
 
 class ExtendShardFn(ShardFn):
@@ -24,7 +25,7 @@ class ExtendShardFn(ShardFn):
         s: ExtendSettings = self._settings
         return ("extend", s.add_teacher, s.kd_logit_scale, s.add_captioner, s.precision, s.device)
 
-    def run_shard(self, input_path: str, models: Any, on_batch: Callable[[int], None]) -> Any:
+    def run_shard(self, input_path: str, models: Any, on_batch: Callable[[int], None]) -> ShardStats:
         from pipeline.extend_shard import extend_shard
 
         return extend_shard(input_path, self._settings, models, on_batch=on_batch)

@@ -209,7 +209,9 @@ class _GrowthStream:
         self._images = FixedBatches(settings.batch_size, self._embed_images, None) if adding_teacher else None
         self._texts = FixedBatches(settings.batch_size, self._embed_texts, "")
         self._group: list[_Prepared] = []
-        self.group_size = 1 if adding_teacher else caption_group_size(settings, models.captioner)
+        self.group_size = (
+            1 if adding_teacher else caption_group_size(settings.caption_group, models.captioner)
+        )
         self._waiting: deque[tuple[_Prepared, list[str] | None]] = deque()
 
     def _embed_images(self, views: list[Any]) -> np.ndarray:

@@ -68,10 +68,11 @@ class Augmenter(Protocol):
     def apply(self, image: Image.Image, params: Any) -> torch.Tensor: ...
 
 
-def caption_group_size(settings: ReinforceSettings, captioner: CaptionModel) -> int:
-    """Images per captioner call: whole multiples of its own fixed chunk, so it never pads mid-shard."""
+def caption_group_size(wanted: int, captioner: CaptionModel) -> int:
+    """Images per captioner call, about `wanted` but whole multiples of its own fixed chunk, so it never
+    pads mid-shard."""
     chunk = max(1, int(getattr(captioner, "micro_batch", 1)))
-    return max(chunk, settings.caption_group // chunk * chunk)
+    return max(chunk, wanted // chunk * chunk)
 
 
 @dataclasses.dataclass
@@ -319,7 +320,7 @@ class _SampleStream:
         self._clock = clock
         self._on_batch = on_batch
         self._group: list[_Prepared] = []
-        self.group_size = caption_group_size(settings, models.captioner)
+        self.group_size = caption_group_size(settings.caption_group, models.captioner)
         self._waiting: deque[tuple[_Prepared, list[str]]] = deque()  # captioned, embeddings pending
         self._images = FixedBatches(settings.batch_size, self._embed_images, None)
         self._texts = FixedBatches(settings.batch_size, self._embed_texts, "")

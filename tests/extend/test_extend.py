@@ -44,6 +44,18 @@ def test_added_teacher_equals_a_fresh_run_with_both_teachers(runs):
 
 
 @pytest.mark.slow
+def test_added_teacher_on_a_v2_bf16_run_equals_a_fresh_one(runs):
+    v2_bf16 = ("--layout", "v2", "--embedding-dtype", "bf16")
+    fresh = runs.reinforce("a+b v2 bf16", ["clip-a", "clip-b"], *v2_bf16)
+    source = runs.reinforce("a v2 bf16", ["clip-a"], *v2_bf16)
+    grown = runs.extend("a v2 bf16 then b", source, "--add-teacher", runs.models["clip-b"])
+    for shard in SHARDS:
+        for suffix in (".tar", ".parquet"):
+            assert (grown / f"{shard}{suffix}").read_bytes() == (fresh / f"{shard}{suffix}").read_bytes()
+    assert {k: v for k, v in _config(grown).items() if k != "extended"} == _config(fresh)
+
+
+@pytest.mark.slow
 def test_added_captioner_writes_v2_with_a_family_a_fresh_run_with_that_captioner_writes(runs):
     original = runs.reinforce("a+b", ["clip-a", "clip-b"])  # v1
     other = runs.reinforce(
