@@ -10,11 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from beam_jobs.reinforce_graph import ShardFn
-from beam_jobs.reinforce_job import JobOutcome, beam_options, find_input_shards, run_shards
+from beam_jobs.reinforce_job import JobOutcome, run_shard_job
 from pipeline.extend_settings import ExtendSettings, build_extended_config
 from pipeline.extend_shard import ExtendModels
 from pipeline.worker_models import load_extend_models
-from shards.run_config import write_or_check_run_config
 from shards.run_folder import ShardStats
 
 
@@ -47,10 +46,6 @@ def run_extend_job(
     load_models: Callable[[ExtendSettings], ExtendModels] = load_extend_models,
 ) -> JobOutcome:
     """Run (or resume) the extend; raises ConfigError / ModelLoadError before any work when misconfigured."""
-    options = beam_options(beam_args)
-    inputs = find_input_shards(settings.input_pattern)
-    models = load_models(settings)
-    write_or_check_run_config(settings.output_dir, describe_extension(settings, models))
-    return run_shards(
-        options, settings, inputs, ExtendShardFn, load_models, models, show_progress=show_progress
+    return run_shard_job(
+        settings, beam_args, ExtendShardFn, load_models, describe_extension, show_progress=show_progress
     )

@@ -128,27 +128,27 @@ def run_job(
     `load_models` is what every worker (and the launcher, to describe the models) calls once: the
     teachers and captioner by default; benchmarks pass stand-ins.
     """
-    options = beam_options(beam_args)
-    inputs = find_input_shards(settings.input_pattern)
-    models = load_models(settings)
-    write_or_check_run_config(settings.output_dir, describe_run(settings, models))
-    return run_shards(
-        options, settings, inputs, ReinforceShardFn, load_models, models, show_progress=show_progress
+    return run_shard_job(
+        settings, beam_args, ReinforceShardFn, load_models, describe_run, show_progress=show_progress
     )
 
 
-def run_shards(
-    options: PipelineOptions,
+def run_shard_job(
     settings: Any,
-    inputs: list[str],
+    beam_args: list[str],
     shard_fn_type: type[ShardFn],
     load_models: Callable[[Any], Any],
-    models: Any,
+    describe: Callable[[Any, Any], dict[str, Any]],
     *,
     show_progress: bool,
 ) -> JobOutcome:
-    """Run the shard stage on every input shard not yet committed in `settings.output_dir`, then write
-    the manifest and summary. `models` are the launcher's loaded copy (reused by an in-process worker)."""
+    """Any shard job: check the flags, load the models once to describe them in config.json (written,
+    or checked on resume), then run the shard stage on every input shard not yet committed in
+    `settings.output_dir`, and write the manifest and summary."""
+    options = beam_options(beam_args)
+    inputs = find_input_shards(settings.input_pattern)
+    models = load_models(settings)
+    write_or_check_run_config(settings.output_dir, describe(settings, models))
     output_dir = settings.output_dir
     shards = [shard_name(p) for p in inputs]
     done = committed_shards(output_dir)
