@@ -1,4 +1,4 @@
-"""The reinforcement job's Beam graph: pending shards → Reshuffle → reinforce each shard → manifest.
+"""The shard jobs' Beam graph: pending shards → Reshuffle → one shard stage each → manifest.
 
 Every output is written by a DoFn through Beam FileSystems, never by a Beam sink: the same graph
 then writes the same files on every runner (Dask, for one, runs no Beam sinks), and a retried
@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from pipeline.settings import ReinforceSettings
-from shards.run_folder import finalize_run
+from shards.run_folder import ShardStats, finalize_run
 
 NAMESPACE = "datacompdr"
 _LOG = logging.getLogger(__name__)
@@ -38,15 +38,19 @@ class _ModelsHolder:
         self.models = models
 
 
-class ReinforceShardFn(beam.DoFn):
-    """Input: a raw shard path. Output: the shard's name once its stats file (the commit) is written."""
+class ShardFn(beam.DoFn):
+    """Input: a shard path. Output: the shard's name once its stats file (the commit) is written.
+
+    What to load and what to do with one shard is the subclass's: `models_tag` names the model set
+    `Shared` keeps per worker process, `run_shard` runs the plain-Python stage on one shard.
+    """
 
     def __init__(
         self,
-        settings: ReinforceSettings,
+        settings: Any,
         threads: int,
         sharing: int,
-        load_models: Callable[[ReinforceSettings], Any],
+        load_models: Callable[[Any], Any],
     ) -> None:
         self._settings = settings
         self._load_models = load_models
@@ -56,21 +60,23 @@ class ReinforceShardFn(beam.DoFn):
         self._holder: _ModelsHolder | None = None
         self._counters: dict[str, Any] = {}
 
-    def _tag(self) -> tuple[Any, ...]:
-        s = self._settings
-        return (s.teachers, s.kd_logit_scales, s.captioner, s.precision, s.device)
+    def models_tag(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def run_shard(self, input_path: str, models: Any, on_batch: Callable[[int], None]) -> ShardStats:
+        raise NotImplementedError
 
     def adopt(self, models: Any) -> _ModelsHolder:
         """Hand already-loaded models to workers in this process; keep the result alive for the run."""
         holder = _ModelsHolder(models)
-        return self._shared.acquire(lambda: holder, tag=self._tag())
+        return self._shared.acquire(lambda: holder, tag=self.models_tag())
 
     def setup(self) -> None:
         import torch
 
         torch.set_num_threads(worker_threads(self._threads, self._sharing))
         settings, load = self._settings, self._load_models
-        self._holder = self._shared.acquire(lambda: _ModelsHolder(load(settings)), tag=self._tag())
+        self._holder = self._shared.acquire(lambda: _ModelsHolder(load(settings)), tag=self.models_tag())
 
     def _counter(self, name: str) -> Any:
         if name not in self._counters:
@@ -78,12 +84,12 @@ class ReinforceShardFn(beam.DoFn):
         return self._counters[name]
 
     def process(self, input_path: str) -> Any:
-        from pipeline.reinforce_shard import ShardUnreadableError, reinforce_shard
+        from pipeline.reinforce_shard import ShardUnreadableError
 
         assert self._holder is not None
         written = self._counter("samples_written")
         try:
-            stats = reinforce_shard(input_path, self._settings, self._holder.models, on_batch=written.inc)
+            stats = self.run_shard(input_path, self._holder.models, written.inc)
         except ShardUnreadableError as exc:
             _LOG.warning("shard left for a later run: %s", exc)
             self._counter("shards_unreadable").inc()
@@ -100,6 +106,19 @@ class ReinforceShardFn(beam.DoFn):
         yield stats.shard
 
 
+class ReinforceShardFn(ShardFn):
+    """Raw shard path in; its reinforced shard written."""
+
+    def models_tag(self) -> tuple[Any, ...]:
+        s: ReinforceSettings = self._settings
+        return (s.teachers, s.kd_logit_scales, s.captioner, s.precision, s.device)
+
+    def run_shard(self, input_path: str, models: Any, on_batch: Callable[[int], None]) -> ShardStats:
+        from pipeline.reinforce_shard import reinforce_shard
+
+        return reinforce_shard(input_path, self._settings, models, on_batch=on_batch)
+
+
 class FinalizeRunFn(beam.DoFn):
     """Runs once after every shard: manifest.jsonl and summary.json from all committed stats files."""
 
@@ -114,13 +133,13 @@ class FinalizeRunFn(beam.DoFn):
 
 def build_graph(
     pipeline: beam.Pipeline,
-    settings: ReinforceSettings,
+    output_dir: str,
     pending_inputs: list[str],
     all_shards: list[str],
     *,
-    shard_fn: ReinforceShardFn,
+    shard_fn: ShardFn,
 ) -> None:
-    """`pending_inputs`: raw shard paths still to do; `all_shards`: every shard name of the run."""
+    """`pending_inputs`: input shard paths still to do; `all_shards`: every shard name of the run."""
     done = (
         pipeline
         | "PendingShards" >> beam.Create(pending_inputs, reshuffle=False)
@@ -129,4 +148,4 @@ def build_graph(
         | "ReinforceShard" >> beam.ParDo(shard_fn)
         | "AllShardsDone" >> beam.combiners.ToList()
     )
-    _ = done | "WriteManifest" >> beam.ParDo(FinalizeRunFn(settings.output_dir, all_shards))
+    _ = done | "WriteManifest" >> beam.ParDo(FinalizeRunFn(output_dir, all_shards))

@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.reinforce_graph import NAMESPACE, ReinforceShardFn, build_graph
+from beam_jobs.reinforce_graph import NAMESPACE, ReinforceShardFn, ShardFn, build_graph
 from beam_jobs.runners import (
     ReinforceWorkerOptions,
     create_runner,
@@ -104,6 +104,20 @@ def describe_run(settings: ReinforceSettings, models: Any) -> dict[str, Any]:
     )
 
 
+def beam_options(beam_args: list[str]) -> PipelineOptions:
+    """The Beam options of a launch; ConfigError for arguments neither we nor Beam know. Sets this
+    process's filesystem options, so the launcher's own reads and writes reach s3:// and gs:// too."""
+    unusable = unusable_beam_args(beam_args)
+    if unusable:
+        raise ConfigError(
+            f"unknown arguments {' '.join(unusable)} (not ours, not Beam's; see --help). "
+            "Quote globs so the shell leaves them alone: --input 'raw/*.tar'"
+        )
+    options = PipelineOptions(beam_args)
+    storage.use_filesystem_options(options)
+    return options
+
+
 def run_job(
     settings: ReinforceSettings,
     beam_args: list[str],
@@ -119,51 +133,72 @@ def run_job(
     `load_models` is what every worker (and the launcher, to describe the models) calls once: the
     teachers and captioner by default; benchmarks pass stand-ins.
     """
-    unusable = unusable_beam_args(beam_args)
-    if unusable:
-        raise ConfigError(
-            f"unknown arguments {' '.join(unusable)} (not ours, not Beam's; see --help). "
-            "Quote globs so the shell leaves them alone: --input 'raw/*.tar'"
-        )
-    options = PipelineOptions(beam_args)
-    storage.use_filesystem_options(options)  # s3/gcs options apply to the launcher's own reads and writes too
+    return run_shard_job(
+        settings,
+        beam_args,
+        ReinforceShardFn,
+        load_models,
+        describe_run,
+        show_progress=show_progress,
+        force_takeover=force_takeover,
+    )
+
+
+def run_shard_job(
+    settings: Any,
+    beam_args: list[str],
+    shard_fn_type: type[ShardFn],
+    load_models: Callable[[Any], Any],
+    describe: Callable[[Any, Any], dict[str, Any]],
+    *,
+    show_progress: bool,
+    force_takeover: bool = False,
+) -> JobOutcome:
+    """Any shard job: check the flags and remote access, take the output folder's lease, load the
+    models once to describe them in config.json (written, or checked on resume), then run the shard
+    stage on every input shard not yet committed in `settings.output_dir`, and write the manifest and
+    summary."""
+    options = beam_options(beam_args)
     check_remote_access([settings.input_pattern, settings.output_dir], options)
     inputs = find_input_shards(settings.input_pattern)
     with hold_output(settings.output_dir, force=force_takeover):
-        return _run_held(settings, options, inputs, show_progress, load_models)
+        return _run_held(settings, options, inputs, shard_fn_type, load_models, describe, show_progress)
 
 
 def _run_held(
-    settings: ReinforceSettings,
+    settings: Any,
     options: PipelineOptions,
     inputs: list[str],
+    shard_fn_type: type[ShardFn],
+    load_models: Callable[[Any], Any],
+    describe: Callable[[Any, Any], dict[str, Any]],
     show_progress: bool,
-    load_models: Callable[[ReinforceSettings], ShardModels],
 ) -> JobOutcome:
     """The run itself, while this job holds the output folder's lease."""
     models = load_models(settings)
-    write_or_check_run_config(settings.output_dir, describe_run(settings, models))
+    write_or_check_run_config(settings.output_dir, describe(settings, models))
+    output_dir = settings.output_dir
     shards = [shard_name(p) for p in inputs]
-    done = committed_shards(settings.output_dir)
+    done = committed_shards(output_dir)
     pending = [p for p in inputs if shard_name(p) not in done]
     for path in pending:  # a killed earlier holder may have left temporaries of these shards behind
-        remove_stale_temporaries(settings.output_dir, shard_name(path))
+        remove_stale_temporaries(output_dir, shard_name(path))
     _LOG.info(
         "%d input shards, %d already done, %d to do", len(inputs), len(inputs) - len(pending), len(pending)
     )
 
     ours = options.view_as(ReinforceWorkerOptions)
     sharing = ours.workers_per_machine or local_worker_processes(options)
-    shard_fn = ReinforceShardFn(settings, ours.model_threads, sharing, load_models)
+    shard_fn = shard_fn_type(settings, ours.model_threads, sharing, load_models)
     local = is_local(options)
     # The in-process worker uses the launcher's copy instead of loading a second one.
     adopted = shard_fn.adopt(models) if local and local_worker_processes(options) == 1 else None
     del models
     start = time.monotonic()
     pipeline = beam.Pipeline(runner=create_runner(options), options=options)
-    build_graph(pipeline, settings, pending, shards, shard_fn=shard_fn)
+    build_graph(pipeline, output_dir, pending, shards, shard_fn=shard_fn)
     with (
-        ShardProgress(settings.output_dir, [shard_name(p) for p in pending])
+        ShardProgress(output_dir, [shard_name(p) for p in pending])
         if show_progress and local and pending
         else contextlib.nullcontext()
     ):
@@ -177,7 +212,7 @@ def _run_held(
                 client.close()
     wall = time.monotonic() - start
     del adopted
-    stats = committed_stats(settings.output_dir, shards)
+    stats = committed_stats(output_dir, shards)
     done_now = [shard_name(p) for p in pending if shard_name(p) in stats]
     return JobOutcome(
         summary=summarize_run(shards, stats),

@@ -146,7 +146,7 @@ def model_compute_seconds(settings: Any, loaded: Any, raw: Path) -> tuple[int, f
             uids.append(item.uid)
             captions.append(item.caption)
     batch = settings.batch_size
-    group = caption_group_size(settings, loaded.captioner)
+    group = caption_group_size(settings.caption_group, loaded.captioner)
     seconds = {}
     start = time.perf_counter()
     synthetic: list[list[str]] = []

@@ -578,9 +578,16 @@ def validate(
 
 
 def _configured_families(config: dict[str, Any]) -> tuple[str, ...] | None:
-    layout, family = config.get("layout"), config.get("caption_family")
+    """v1: `syn_text`; v2: `caption_families` (an extended run's) or the one `caption_family`."""
+    layout, family, families = (
+        config.get("layout"),
+        config.get("caption_family"),
+        config.get("caption_families"),
+    )
     if layout == "v1":
         return (V1_FAMILY,)
+    if layout == "v2" and isinstance(families, dict) and families:
+        return tuple(sorted(families))
     if layout == "v2" and isinstance(family, str):
         return (family,)
     return None

@@ -71,10 +71,11 @@ class Augmenter(Protocol):
     def apply(self, image: Image.Image, params: Any) -> torch.Tensor: ...
 
 
-def caption_group_size(settings: ReinforceSettings, captioner: CaptionModel) -> int:
-    """Images per captioner call: whole multiples of its own fixed chunk, so it never pads mid-shard."""
+def caption_group_size(wanted: int, captioner: CaptionModel) -> int:
+    """Images per captioner call, about `wanted` but whole multiples of its own fixed chunk, so it never
+    pads mid-shard."""
     chunk = max(1, int(getattr(captioner, "micro_batch", 1)))
-    return max(chunk, settings.caption_group // chunk * chunk)
+    return max(chunk, wanted // chunk * chunk)
 
 
 @dataclasses.dataclass
@@ -95,7 +96,7 @@ class _Prepared:
     view_sha: list[str]  # the views' fingerprints, stored so a replay can tell it matches
 
 
-class _Clock:
+class StageClock:
     """Wall seconds per stage, for the stats file (the only output that may differ between runs)."""
 
     def __init__(self) -> None:
@@ -119,6 +120,30 @@ def caption_seed(seed: int, uid: str) -> int:
     return derive_seed(_CAPTION_DOMAIN, seed, uid)
 
 
+def caption_problem(result: Any, num_captions: int) -> str | None:
+    """Why a captioner result is unusable (a CaptionFailure, a wrong count), or None when it is fine."""
+    if isinstance(result, list) and len(result) == num_captions:
+        return None
+    why = f"{getattr(result, 'reason', '')} {getattr(result, 'detail', '')}".strip()
+    return why[:200] or "wrong number of captions"
+
+
+def render_views(augmenter: Augmenter, image: Image.Image, params: list[Any]) -> torch.Tensor:
+    """uint8 [A, 3, S, S]: the views the teachers see, at the augmenter's size (the job's and a replay's)."""
+    return torch.stack([augmenter.apply(image, p) for p in params])
+
+
+def embed_view_rows(embedder: ImageEmbedder, views: list[Any]) -> np.ndarray:
+    """float32 [N, D] for one fixed-size batch of views; None rows (padding) embed a blank view."""
+    template = next(v for v in views if v is not None)
+    batch = torch.stack([v if v is not None else torch.zeros_like(template) for v in views])
+    return embedder.embed_images(batch).float().cpu().numpy()
+
+
+def embed_text_rows(embedder: ImageEmbedder, texts: list[str]) -> np.ndarray:
+    return embedder.embed_texts(texts).float().cpu().numpy()
+
+
 def reinforce_shard(
     input_path: str,
     settings: ReinforceSettings,
@@ -131,14 +156,11 @@ def reinforce_shard(
     paths = output_paths(settings.output_dir, shard)
     stats = ShardStats(shard=shard, input_path=input_path)
     skips: list[SkippedSample] = []
-    clock = _Clock()
+    clock = StageClock()
 
     def skip(item: SkippedSample) -> None:
         skips.append(item)
-        if item.whole_shard:  # damage to the shard itself, not a sample
-            stats.shard_errors[item.reason] = stats.shard_errors.get(item.reason, 0) + 1
-        else:
-            stats.skipped[item.reason] = stats.skipped.get(item.reason, 0) + 1
+        stats.count(item)
 
     with ShardWriter(
         paths["tar"], paths["parquet"], layout=settings.layout, embedding_dtype=settings.embedding_dtype
@@ -197,7 +219,9 @@ def _prepare_item(
         return SkippedSample(item.key, SAMPLE_FAILED, f"{type(exc).__name__}: {exc}"[:200]), seconds
 
 
-def read_ahead(items: Iterator[tuple[Any, dict[str, float]]], *, depth: int, clock: _Clock) -> Iterator[Any]:
+def read_ahead(
+    items: Iterator[tuple[Any, dict[str, float]]], *, depth: int, clock: StageClock
+) -> Iterator[Any]:
     """Run `items` in a helper thread up to `depth` items ahead, so that decoding and augmenting (PIL,
     mostly outside the GIL) overlap the models' work. Order, and so every output byte, is unchanged."""
     queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
@@ -248,14 +272,14 @@ def _prepare(
     seconds["decode"] = decoded - start
     rngs = [view_rng(settings.seed, raw.uid, k) for k in range(settings.num_views)]
     params = [augmenter.sample(rng, image.size) for rng in rngs]
-    views = torch.stack([augmenter.apply(image, p) for p in params])
+    views = render_views(augmenter, image, params)
     view_sha = [view_fingerprint(view) for view in views]
     views = views.numpy()  # plain arrays cross from feed processes without torch's shared memory
     seconds["augment"] = time.perf_counter() - decoded
     return _Prepared(raw=raw, image=image, params=params, views=views, view_sha=view_sha)
 
 
-class _FixedBatches:
+class FixedBatches:
     """Rows in, results out in the same order; `embed` always gets exactly `size` rows.
 
     The last, partial batch of a shard is padded with `pad` rows whose results are dropped.
@@ -303,7 +327,7 @@ class _SampleStream:
         models: ShardModels,
         writer: ShardWriter,
         skip: Callable[[SkippedSample], None],
-        clock: _Clock,
+        clock: StageClock,
         on_batch: Callable[[int], None] | None,
     ) -> None:
         self._settings = settings
@@ -313,20 +337,18 @@ class _SampleStream:
         self._clock = clock
         self._on_batch = on_batch
         self._group: list[_Prepared] = []
-        self.group_size = caption_group_size(settings, models.captioner)
+        self.group_size = caption_group_size(settings.caption_group, models.captioner)
         self._waiting: deque[tuple[_Prepared, list[str]]] = deque()  # captioned, embeddings pending
-        self._images = _FixedBatches(settings.batch_size, self._embed_images, None)
-        self._texts = _FixedBatches(settings.batch_size, self._embed_texts, "")
+        self._images = FixedBatches(settings.batch_size, self._embed_images, None)
+        self._texts = FixedBatches(settings.batch_size, self._embed_texts, "")
 
     def _embed_images(self, views: list[Any]) -> np.ndarray:
         with self._clock.stage("embed_images"):
-            template = next(v for v in views if v is not None)
-            batch = torch.stack([v if v is not None else torch.zeros_like(template) for v in views])
-            return self._models.ensemble.embed_images(batch).float().cpu().numpy()
+            return embed_view_rows(self._models.ensemble, views)
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         with self._clock.stage("embed_texts"):
-            return self._models.ensemble.embed_texts(texts).float().cpu().numpy()
+            return embed_text_rows(self._models.ensemble, texts)
 
     def add(self, prepared: _Prepared) -> None:
         self._group.append(prepared)
@@ -348,11 +370,9 @@ class _SampleStream:
             seeds = [caption_seed(settings.seed, p.raw.uid) for p in group]
             results = self._models.captioner.caption([p.image for p in group], seeds, settings.num_captions)
         for prepared, result in zip(group, results, strict=True):
-            if not (isinstance(result, list) and len(result) == settings.num_captions):
-                why = f"{getattr(result, 'reason', '')} {getattr(result, 'detail', '')}".strip()
-                self._skip(
-                    SkippedSample(prepared.raw.key, CAPTION_FAILED, why[:200] or "wrong number of captions")
-                )
+            problem = caption_problem(result, settings.num_captions)
+            if problem is not None:
+                self._skip(SkippedSample(prepared.raw.key, CAPTION_FAILED, problem))
                 continue
             self._waiting.append((prepared, result))
             self._images.push(list(torch.from_numpy(prepared.views)))

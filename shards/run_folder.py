@@ -94,6 +94,11 @@ class ShardStats:
     def num_skipped(self) -> int:
         return sum(self.skipped.values())
 
+    def count(self, record: SkippedSample) -> None:
+        """Count a skip by reason: damage to the shard itself apart from skipped samples."""
+        counts = self.shard_errors if record.whole_shard else self.skipped
+        counts[record.reason] = counts.get(record.reason, 0) + 1
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "shard": self.shard,

@@ -148,9 +148,13 @@ class SampleReplayer:
         if sample.num_views == 0:
             raise UnusableSample("no_views")
         families = sorted(sample.syn_captions)  # v2 may hold several: pooled, in a fixed order
+        if self.settings.caption_families is not None:
+            families = [f for f in families if f in self.settings.caption_families]
         captions = [c for f in families for c in sample.syn_captions[f]]
         if not captions:
-            raise UnusableSample("no_synthetic_captions")
+            raise UnusableSample(
+                "no_synthetic_captions", f"none in {self.settings.caption_families or 'any family'}"
+            )
         synthetic_emb = np.concatenate([sample.syn_emb[f] for f in families])
         view_index, synthetic_index = self.pick(sample, epoch, len(captions))
         targets = (sample.image_emb[view_index], sample.caption_emb, synthetic_emb[synthetic_index])

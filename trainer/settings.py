@@ -7,6 +7,7 @@ wrong split of the stored vectors would give a plausible-looking but wrong KD ta
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ class DataSettings:
     source: str  # where the settings came from, for the log
     check_replay: bool = False  # the data's view fingerprints can be checked against our replay
     image_stack: dict[str, str] | None = None  # the decode/resize stack the views were made with
+    caption_families: tuple[str, ...] | None = None  # synthetic families to draw from; None = all, pooled
 
     @property
     def embedding_dim(self) -> int:
@@ -51,6 +53,8 @@ class DataSettings:
             "image_augmentation": self.augmentation,
             "param_aug_version": self.param_aug_version,
             "source": self.source,
+            # only when chosen, so that runs from before the choice existed resume unchanged
+            **({"caption_families": list(self.caption_families)} if self.caption_families else {}),
         }
 
 
@@ -79,6 +83,7 @@ def resolve_data_settings(
     teacher_dims: Sequence[int] | None = None,
     kd_logit_scales: Sequence[float] | None = None,
     config_path: str | None = None,
+    caption_families: Sequence[str] | None = None,
 ) -> DataSettings:
     """Combine the run's config (if any) with flags; flags win."""
     config = config or {}
@@ -121,4 +126,17 @@ def resolve_data_settings(
         source,
         check_replay=fingerprints_checkable(config),
         image_stack=stack if isinstance(stack, dict) else None,
+        caption_families=tuple(caption_families) if caption_families else None,
     )
+
+
+def parse_caption_families(text: str) -> tuple[str, ...] | None:
+    """`--caption-families`: `all` (None: every family, pooled) or `syn_text_coca,syn_text_blip`."""
+    if text.strip() == "all":
+        return None
+    families = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not families or not all(f == "syn_text" or f.startswith("syn_text_") for f in families):
+        raise argparse.ArgumentTypeError(
+            f"caption families look like syn_text_coca,syn_text_blip or all, not {text!r}"
+        )
+    return families

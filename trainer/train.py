@@ -56,6 +56,7 @@ from trainer.settings import (
     DataSettings,
     SettingsError,
     load_run_config,
+    parse_caption_families,
     resolve_data_settings,
     sibling_config,
 )
@@ -108,6 +109,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--teacher-dims", type=parse_teacher_dims, default=None, help="e.g. 768,768; overrides the config"
     )
     p.add_argument("--kd-logit-scales", type=_floats, default=None, help="e.g. 100,100; overrides the config")
+    p.add_argument(
+        "--caption-families",
+        type=parse_caption_families,
+        default=None,
+        help="synthetic caption families to draw from, e.g. syn_text_coca,syn_text_blip; default all, pooled",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.2)
     p.add_argument("--beta1", type=float, default=0.9)
@@ -288,7 +295,11 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     config_path = args.config or sibling_config(args.data[0])
     config = load_run_config(config_path) if config_path else None
     settings = resolve_data_settings(
-        config, teacher_dims=args.teacher_dims, kd_logit_scales=args.kd_logit_scales, config_path=config_path
+        config,
+        teacher_dims=args.teacher_dims,
+        kd_logit_scales=args.kd_logit_scales,
+        config_path=config_path,
+        caption_families=args.caption_families,
     )
     shards = list_shards(args.data)
     student = create_student(args.model, pretrained=args.pretrained, seed=args.seed)

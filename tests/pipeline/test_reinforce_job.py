@@ -248,7 +248,7 @@ def test_v2_layout_with_bf16_embeddings(tmp_path, job_input, reference_run, job)
 
 
 def test_read_ahead_keeps_order_passes_errors_and_stops_with_its_consumer():
-    from pipeline.reinforce_shard import _Clock, read_ahead
+    from pipeline.reinforce_shard import StageClock, read_ahead
 
     def numbers(fail_at: int | None = None):
         for n in range(100):
@@ -256,13 +256,13 @@ def test_read_ahead_keeps_order_passes_errors_and_stops_with_its_consumer():
                 raise ValueError("broken input stream")
             yield n, {"read": 0.001}
 
-    clock = _Clock()
+    clock = StageClock()
     assert list(read_ahead(numbers(), depth=3, clock=clock)) == list(range(100))
     assert clock.seconds["read"] > 0
     with pytest.raises(ValueError, match="broken input stream"):
-        list(read_ahead(numbers(fail_at=50), depth=3, clock=_Clock()))
+        list(read_ahead(numbers(fail_at=50), depth=3, clock=StageClock()))
     for items in (numbers(), iter([("a", {}), ("b", {})])):  # long, and short enough to finish producing
-        consumer = read_ahead(items, depth=1, clock=_Clock())
+        consumer = read_ahead(items, depth=1, clock=StageClock())
         next(consumer)
         time.sleep(0.2)  # let the helper fill the queue and wait on it
         consumer.close()  # the consumer gives up early: the helper must end, not block on a full queue

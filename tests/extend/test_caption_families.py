@@ -1,0 +1,70 @@
+"""The trainer picks which synthetic caption families it learns from (an extended run holds several)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from tests.support import identity_image, reinforced_sample, unit_rows
+from trainer.data import SampleReplayer, UnusableSample
+from trainer.settings import parse_caption_families, resolve_data_settings
+from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
+from transforms.decode import decode_image
+
+DIMS = (8, 12)
+
+
+def _sample():
+    image = identity_image(0, 0, (96, 80))
+    augmenter = ViewAugmenter.from_config(DATACOMPDR_AUGMENTATION)
+    sample = reinforced_sample("k0", image, "a red circle", dims=DIMS, views=2, captions=3,
+                               family="syn_text_coca", augmenter=augmenter)  # fmt: skip
+    sample.syn_captions["syn_text_blip"] = ["blip 0", "blip 1"]
+    sample.syn_emb["syn_text_blip"] = unit_rows(np.random.default_rng(1), 2, DIMS)
+    assert decode_image(sample.image).size == (96, 80)
+    return sample
+
+
+def _replayer(families):
+    settings = resolve_data_settings(
+        None, teacher_dims=DIMS, kd_logit_scales=[100.0, 100.0], caption_families=families
+    )
+    seen: list[list[str]] = []
+
+    def tokenizer(texts):
+        seen.append(list(texts))
+        return torch.zeros(len(texts), 4, dtype=torch.long)
+
+    return SampleReplayer(settings, 32, tokenizer, seed=0), seen
+
+
+@pytest.mark.parametrize(
+    ("families", "allowed"),
+    [(None, {"syn_text_coca", "syn_text_blip"}), (("syn_text_blip",), {"syn_text_blip"})],
+)
+def test_synthetic_captions_and_targets_come_from_the_chosen_families(families, allowed):
+    sample = _sample()
+    replayer, seen = _replayer(families)
+    drawn = set()
+    for epoch in range(40):
+        out = replayer.replay(sample, epoch)
+        caption = seen[-1][1]
+        family = next(f for f, caps in sample.syn_captions.items() if caption in caps)
+        drawn.add(family)
+        row = sample.syn_captions[family].index(caption)
+        np.testing.assert_array_equal(out.teacher_synthetic, sample.syn_emb[family][row])
+    assert drawn == allowed
+
+
+def test_a_sample_without_a_chosen_family_is_unusable_and_the_flag_is_checked():
+    replayer, _ = _replayer(("syn_text_other",))
+    with pytest.raises(UnusableSample) as error:
+        replayer.replay(_sample(), 0)
+    assert error.value.reason == "no_synthetic_captions"
+    assert parse_caption_families("all") is None
+    assert parse_caption_families("syn_text_coca, syn_text_blip") == ("syn_text_coca", "syn_text_blip")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_caption_families("coca")
