@@ -222,12 +222,6 @@ def web_caption(scene: Scene, other: Scene, rng: np.random.Generator) -> tuple[s
     return kind, other.caption() if rng.random() < 0.5 else _junk(rng)
 
 
-@dataclasses.dataclass(frozen=True)
-class SplitSpec:
-    name: str  # clean, web or test
-    samples: int
-
-
 def _sample(split: str, index: int, seed: int) -> tuple[Scene, dict[str, Any], bytes]:
     rng = np.random.Generator(np.random.PCG64([seed, _SEEDS[split], index]))
     objects = 1 if split == "test" else int(rng.integers(1, 4))
