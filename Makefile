@@ -11,7 +11,7 @@ DEMO_OUT ?= out/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env test test-fast lint demo train-demo checkpoints samples browser bench clean
+.PHONY: env test test-fast experiment-test lint demo train-demo checkpoints samples browser bench clean
 
 env: $(STAMP)
 
@@ -42,6 +42,10 @@ browser:
 
 test: $(STAMP) browser lint
 	$(PY) -m pytest -q
+
+# The learning-efficiency miniature's --quick run with its assertion (not part of `make test`).
+experiment-test: $(STAMP)
+	RUN_EXPERIMENT=1 $(PY) -m pytest -q tests/experiments/test_learning_efficiency.py
 
 # The edit loop: everything but the tests marked slow (runners, browser, notebook, kill/resume, S3).
 test-fast: $(STAMP) lint

@@ -33,6 +33,7 @@ from PIL import Image
 from shards.reinforced import ReinforcedSample, write_shard
 from trainer import train
 from trainer.data import DEFAULT_WORKERS, ReinforcedStream, in_worker_order, list_shards, make_loader
+from trainer.objectives import reinforced_objective
 from trainer.optim import build_optimizer
 from trainer.precision import TrainingWeights
 from trainer.settings import resolve_data_settings
@@ -109,6 +110,7 @@ def measure(
         shards, settings, image_size=student.image_size, tokenizer=student.tokenizer, batch_size=batch_size
     )
     loader = in_worker_order(iter(make_loader(stream, workers)), workers)
+    objective = reinforced_objective(settings.slices, lam=1.0)
     student.model.train()
     step_seconds, wait_seconds, replay_seconds = [], [], []
     try:
@@ -116,7 +118,7 @@ def measure(
             began = time.perf_counter()
             batch = next(loader)
             waited = time.perf_counter() - began
-            train.train_step(student, weights, optimizer, batch, settings.slices, lam=1.0, grad_clip=1.0)
+            train.train_step(student, weights, optimizer, batch, objective, grad_clip=1.0)
             if step >= warmup:
                 step_seconds.append(time.perf_counter() - began)
                 wait_seconds.append(waited)

@@ -11,14 +11,20 @@ A damaged tar keeps every sample read before the damage and ends with one shard-
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import io
 import json
 import posixpath
 import re
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from webdataset import TarWriter
 
 from shards import storage
 
@@ -298,3 +304,55 @@ def _usable_url(url: Any) -> bool:
 def _short(exc: BaseException, limit: int = 200) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# The parquet columns img2dataset writes for DataComp (one row per URL, failed downloads included).
+PARQUET_COLUMNS = (
+    "uid",
+    "url",
+    "caption",
+    "key",
+    "status",
+    "error_message",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "exif",
+    "sha256",
+)
+SUCCESS = "success"
+
+
+def write_raw_shard(
+    folder: str, name: str, samples: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]
+) -> None:
+    """Write `name`.tar, `name`.parquet and `name`_stats.json the way img2dataset does (contract §1).
+
+    `samples` are webdataset dicts (`__key__` and member bytes) in the order they go into the tar;
+    `rows` hold every attempted download, failed ones with `status` and `error_message`. Each file
+    appears atomically, the stats file last. The bytes depend on the inputs only.
+    """
+    tar = io.BytesIO()
+    writer = TarWriter(tar, encoder=False, mtime=0.0, user="", group="")
+    for sample in samples:
+        writer.write(sample)
+    writer.close()
+    storage.write_bytes_atomic(storage.join(folder, f"{name}.tar"), tar.getvalue())
+    table = pa.Table.from_pylist([{c: r.get(c) for c in PARQUET_COLUMNS} for r in rows])
+    parquet = io.BytesIO()
+    pq.write_table(table, parquet)
+    storage.write_bytes_atomic(storage.join(folder, f"{name}.parquet"), parquet.getvalue())
+    statuses = collections.Counter(
+        SUCCESS if r["status"] == SUCCESS else str(r.get("error_message")) for r in rows
+    )
+    successes = statuses.get(SUCCESS, 0)
+    stats = {
+        "count": len(rows),
+        "successes": successes,
+        "failed_to_download": len(rows) - successes,
+        "failed_to_resize": 0,
+        "duration": 0.0,
+        "status_dict": dict(statuses),
+    }
+    storage.write_text_atomic(storage.join(folder, f"{name}_stats.json"), json.dumps(stats, indent=4) + "\n")

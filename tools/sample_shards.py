@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
-from webdataset import TarWriter
+
+from shards.raw import SUCCESS, write_raw_shard
 
 SAMPLES_PER_SHARD = 10_000  # nominal, as in DataComp: it sets the key width (8 + 4 = 12 digits)
 SHARD_DIGITS = 8
@@ -134,7 +133,7 @@ def build_shard(shard: int, count: int, photos: dict[str, Image.Image], out: Pat
         data, width, height = render(photos[photo.name], longest, mode, fmt, rng)
         source = photos[photo.name]
         meta = row | {
-            "status": "success",
+            "status": SUCCESS,
             "error_message": None,
             "width": width,
             "height": height,
@@ -148,25 +147,7 @@ def build_shard(shard: int, count: int, photos: dict[str, Image.Image], out: Pat
             {"__key__": key, ext: data, "txt": caption.encode(), "json": json.dumps(meta).encode()}
         )
     rng.shuffle(samples)  # members come in download-completion order, not key order
-    name = f"{shard:0{SHARD_DIGITS}d}"
-    with (out / f"{name}.tar").open("wb") as f:
-        writer = TarWriter(f, encoder=False, mtime=0.0, user="", group="")
-        for sample in samples:
-            writer.write(sample)
-        writer.close()
-    columns = ["uid", "url", "caption", "key", "status", "error_message", "width", "height"]
-    columns += ["original_width", "original_height", "exif", "sha256"]
-    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
-    pq.write_table(table, out / f"{name}.parquet")
-    stats = {
-        "count": count + FAILED_PER_SHARD,
-        "successes": count,
-        "failed_to_download": FAILED_PER_SHARD,
-        "failed_to_resize": 0,
-        "duration": 0.0,
-        "status_dict": {"success": count, "HTTP Error 404: Not Found": FAILED_PER_SHARD},
-    }
-    (out / f"{name}_stats.json").write_text(json.dumps(stats, indent=4) + "\n")
+    write_raw_shard(str(out), f"{shard:0{SHARD_DIGITS}d}", samples, rows)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -199,16 +199,18 @@ def skip_reason(error: Exception) -> str:
     return str(getattr(error, "reason", None) or f"error_{type(error).__name__}")
 
 
-class ReinforcedStream(torch.utils.data.IterableDataset):
-    """A stream of batches, endless by default; each worker streams its own shards (shards[w::W])."""
+class ShardStream(torch.utils.data.IterableDataset):
+    """A stream of batches, endless by default; each worker streams its own shards (shards[w::W]).
+
+    Subclasses say how a shard is read (`read_items`), how one item becomes a training sample
+    (`make_replayer`) and how samples become a batch (`collate`); shuffling, epochs, positions and
+    skip counting are shared, so every kind of training data resumes exactly.
+    """
 
     def __init__(
         self,
         shards: Sequence[str],
-        settings: DataSettings,
         *,
-        image_size: int,
-        tokenizer: Tokenizer,
         batch_size: int,
         seed: int = 0,
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
@@ -220,9 +222,6 @@ class ReinforcedStream(torch.utils.data.IterableDataset):
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self.shards = list(shards)
-        self.settings = settings
-        self.image_size = image_size
-        self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle_buffer = max(1, shuffle_buffer)
@@ -230,14 +229,33 @@ class ReinforcedStream(torch.utils.data.IterableDataset):
         self.skipped = list(skipped) if skipped else None
         self.epochs = epochs  # None: endless, as training wants; else the last batch may be short
 
-    def __iter__(self) -> Iterator[Batch]:
+    def make_replayer(self) -> Callable[[Any, int], Any]:
+        """A callable (item, epoch) -> training sample, built once per worker; raises to skip."""
+        raise NotImplementedError
+
+    def read_items(self, shards: Sequence[str]) -> Iterator[Any]:
+        """The shards' raw items in order; an error item (an Exception) is counted as a skip."""
+        return _raw_items(shards)
+
+    def collate(
+        self,
+        samples: list[Any],
+        worker: int,
+        position: WorkerPosition,
+        skipped: collections.Counter[str],
+        seconds: float,
+        replayer: Any,
+    ) -> Any:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if self.start is not None and len(self.start) != workers:
             raise DataError(f"the stream was positioned for {len(self.start)} workers, not {workers}")
         position = dataclasses.replace(self.start[worker]) if self.start else WorkerPosition()
         skipped = collections.Counter(self.skipped[worker] if self.skipped else {})
-        replayer = SampleReplayer(self.settings, self.image_size, self.tokenizer, self.seed)
+        replayer = self.make_replayer()
         samples = self._samples(self.shards[worker::workers], worker, position, skipped, replayer)
         while True:
             began = time.perf_counter()
@@ -246,7 +264,7 @@ class ReinforcedStream(torch.utils.data.IterableDataset):
                 return
             position = chunk[-1][1]
             seconds = time.perf_counter() - began
-            yield _collate([s for s, _ in chunk], worker, position, skipped, replayer.replay_checks, seconds)
+            yield self.collate([s for s, _ in chunk], worker, position, skipped, seconds, replayer)
 
     def _samples(
         self,
@@ -254,8 +272,8 @@ class ReinforcedStream(torch.utils.data.IterableDataset):
         worker: int,
         start: WorkerPosition,
         skipped: collections.Counter[str],
-        replayer: SampleReplayer,
-    ) -> Iterator[tuple[TrainingSample, WorkerPosition]]:
+        replayer: Callable[[Any, int], Any],
+    ) -> Iterator[tuple[Any, WorkerPosition]]:
         if not shards:
             raise DataError(f"loader worker {worker} has no shard: use at most as many workers as shards")
         epoch, resume_offset = start.epoch, start.offset
@@ -286,7 +304,52 @@ class ReinforcedStream(torch.utils.data.IterableDataset):
         random.Random(derive_seed(_SHARD_ORDER_DOMAIN, self.seed, epoch, worker)).shuffle(order)
         rng = random.Random(derive_seed(_SHUFFLE_DOMAIN, self.seed, epoch, worker))
         initial = min(self.shuffle_buffer, 100)
-        return wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(_raw_items(order))
+        return wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(self.read_items(order))
+
+
+class ReinforcedStream(ShardStream):
+    """Batches of replayed views, their captions' tokens and the stored teacher targets."""
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        settings: DataSettings,
+        *,
+        image_size: int,
+        tokenizer: Tokenizer,
+        batch_size: int,
+        seed: int = 0,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        start: Sequence[WorkerPosition] | None = None,
+        skipped: Sequence[dict[str, int]] | None = None,
+        epochs: int | None = None,
+    ) -> None:
+        super().__init__(
+            shards,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            start=start,
+            skipped=skipped,
+            epochs=epochs,
+        )
+        self.settings = settings
+        self.image_size = image_size
+        self.tokenizer = tokenizer
+
+    def make_replayer(self) -> SampleReplayer:
+        return SampleReplayer(self.settings, self.image_size, self.tokenizer, self.seed)
+
+    def collate(
+        self,
+        samples: list[TrainingSample],
+        worker: int,
+        position: WorkerPosition,
+        skipped: collections.Counter[str],
+        seconds: float,
+        replayer: SampleReplayer,
+    ) -> Batch:
+        return _collate(samples, worker, position, skipped, replayer.replay_checks, seconds)
 
 
 def _raw_items(shards: Sequence[str]) -> Iterator[dict[str, Any] | ShardFormatError]:
@@ -345,7 +408,8 @@ class DataCursor:
     def next_worker(self) -> int:
         return self.batches % max(1, self.workers)
 
-    def advance(self, batch: Batch) -> None:
+    def advance(self, batch: Any) -> None:
+        """Record a consumed batch (a `Batch` or `trainer.raw_data.PairBatch`: worker, position, skips)."""
         if batch.worker != self.next_worker:
             raise RuntimeError(f"batch from worker {batch.worker}, expected worker {self.next_worker}")
         self.positions[batch.worker] = batch.position
@@ -381,7 +445,7 @@ def _limit_threads(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(stream: ReinforcedStream, workers: int) -> torch.utils.data.DataLoader:
+def make_loader(stream: ShardStream, workers: int) -> torch.utils.data.DataLoader:
     """A DataLoader over the stream; with workers > 0 their batches arrive in strict round-robin order."""
     return torch.utils.data.DataLoader(
         stream,
@@ -393,13 +457,13 @@ def make_loader(stream: ReinforcedStream, workers: int) -> torch.utils.data.Data
     )
 
 
-def in_worker_order(batches: Iterator[Batch], workers: int, first_worker: int = 0) -> Generator[Batch]:
+def in_worker_order(batches: Iterator[Any], workers: int, first_worker: int = 0) -> Generator[Any]:
     """Batches in the order worker `first_worker`, next, ... (round robin).
 
     A DataLoader always starts its round robin at worker 0; a resumed run must start where the
     interrupted one stopped, so batches that arrive early wait (at most one per other worker).
     """
-    waiting: dict[int, collections.deque[Batch]] = collections.defaultdict(collections.deque)
+    waiting: dict[int, collections.deque[Any]] = collections.defaultdict(collections.deque)
     expected = first_worker
     count = max(1, workers)
     for batch in batches:

@@ -3,6 +3,8 @@
 Per caption family (original, synthetic): (1 − λ)·CLIP + λ·KD. KD's target is the mean over teachers
 of each teacher's own softmax at its fixed logit scale, so a teacher with a sharper scale is not
 drowned by the others' logits: the teachers are averaged as probabilities, never as logits.
+An ablation may keep one family only. `caption_loss` is CoCa's captioning term, for training a
+captioner on plain image-text pairs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from shards.teacher_slices import TeacherSlice
+
+FAMILIES = ("original", "synthetic")
 
 
 def clip_loss(
@@ -81,14 +85,18 @@ def reinforced_loss(
     teacher_synthetic_text: torch.Tensor,
     slices: Sequence[TeacherSlice],
     lam: float,
+    families: Sequence[str] = FAMILIES,
 ) -> LossParts:
-    """L = L_original + L_synthetic with L_c = (1 − λ)·CLIP_c + λ·KD_c.
+    """L = Σ over `families` of L_c, with L_c = (1 − λ)·CLIP_c + λ·KD_c (contract §5: both families).
 
     Student features must be L2-normalised and `logit_scale` already exponentiated; the teacher
-    tensors are the stored D-wide embeddings of the replayed view and of the two captions.
+    tensors are the stored D-wide embeddings of the replayed view and of the two captions. Every
+    part is returned (for the log) whether or not its family counts in `total`.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"λ must be in [0, 1], got {lam}")
+    if not families or set(families) - set(FAMILIES):
+        raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {list(families)}")
     image_features = image_features.float()
     logit_scale = logit_scale.float()
     parts: dict[str, torch.Tensor] = {}
@@ -100,8 +108,11 @@ def reinforced_loss(
         parts[f"clip_{family}"] = clip_loss(image_features, text_features, logit_scale)
         targets = teacher_targets(teacher_image, teacher_text, slices)
         parts[f"kd_{family}"] = kd_loss(image_features, text_features, logit_scale, targets)
-    total = sum(
-        (1.0 - lam) * parts[f"clip_{family}"] + lam * parts[f"kd_{family}"]
-        for family in ("original", "synthetic")
-    )
+    total = sum((1.0 - lam) * parts[f"clip_{family}"] + lam * parts[f"kd_{family}"] for family in families)
     return LossParts(total=total, **parts)
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Next-token cross-entropy of a captioner (logits [B, L, V] predict labels [B, L]), pads ignored."""
+    kept = labels != pad_id  # only real positions: the softmax over a 49k vocabulary is the cost
+    return F.cross_entropy(logits[kept].float(), labels[kept])

@@ -13,7 +13,7 @@ from typing import Any
 
 from shards import storage
 
-CURVES = ("total", "kd_original", "kd_synthetic", "clip_original", "clip_synthetic")
+CURVES = ("total", "kd_original", "kd_synthetic", "clip_original", "clip_synthetic", "caption")
 
 
 def read_log(path: str) -> list[dict[str, Any]]:

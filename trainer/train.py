@@ -1,7 +1,11 @@
-"""Train a CLIP student on reinforced shards with the loss of contract §5.
+"""Train a CLIP student on reinforced shards with the loss of contract §5 (or on raw shards).
 
     python -m trainer.train --data 'OUT/*.tar' --model MobileCLIP2-S0 --steps 30000 --batch-size 256 \
         [--lambda 1.0] [--config OUT/config.json] --output RUN
+
+`--mode plain` trains on raw img2dataset shards with the standard CLIP loss and an on-the-fly
+RandomResizedCrop (the baseline); `--mode coca` does the same with a CoCa model and adds its
+captioning loss (fine-tunes a captioner on your own captions).
 
 Running the same command again on the same RUN folder resumes from its last checkpoint and continues
 the same run: same weights, optimizer state, schedule and data position, so the result equals an
@@ -24,7 +28,7 @@ import torch
 
 from shards import storage
 from shards.storage import parse_known_beam_args
-from shards.teacher_slices import TeacherSlice, parse_teacher_dims
+from shards.teacher_slices import parse_teacher_dims
 from teachers.devices import (
     DEVICE_HELP,
     DeviceError,
@@ -41,6 +45,7 @@ from trainer.data import (
     DataCursor,
     DataError,
     ReinforcedStream,
+    ShardStream,
     effective_workers,
     in_worker_order,
     list_shards,
@@ -48,10 +53,21 @@ from trainer.data import (
     probe,
 )
 from trainer.evaluate import evaluate_on
-from trainer.loss import LossParts, reinforced_loss
+from trainer.loss import FAMILIES
+from trainer.objectives import (
+    COCA,
+    DEFAULT_CAPTION_LOSS_WEIGHT,
+    MODES,
+    REINFORCED,
+    Objective,
+    coca_objective,
+    plain_objective,
+    reinforced_objective,
+)
 from trainer.optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
-from trainer.plot import plot_losses, read_log, write_log
+from trainer.plot import CURVES, plot_losses, read_log, write_log
 from trainer.precision import PRECISIONS, TrainingWeights
+from trainer.raw_data import DEFAULT_CROP_SCALE, PairBatch, RawPairStream
 from trainer.settings import (
     DataSettings,
     SettingsError,
@@ -60,8 +76,7 @@ from trainer.settings import (
     resolve_data_settings,
     sibling_config,
 )
-from trainer.students import Student, StudentError, create_student, encode
-from transforms import normalize
+from trainer.students import Student, StudentError, create_student
 from transforms.fingerprint import image_stack
 
 LOG_FILE = "log.jsonl"
@@ -70,6 +85,10 @@ PLOT_FILE = "loss.png"
 TRAIN_CONFIG_FILE = "train_config.json"
 # Settings that define a run: resuming with any of them changed would not continue the same run.
 RUN_KEYS = (
+    "mode",
+    "families",
+    "crop_scale",
+    "caption_loss_weight",
     "model",
     "pretrained",
     "steps",
@@ -91,7 +110,14 @@ RUN_KEYS = (
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Our flags; any others must be Beam filesystem options (`--s3_endpoint_url ...`, `--project ...`)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, nargs="+", help="reinforced shard patterns (local, gs://, s3://)")
+    p.add_argument("--data", required=True, nargs="+", help="reinforced (or, plain/coca: raw) shard patterns")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default=REINFORCED,
+        help="reinforced: contract §5 on reinforced shards; plain: CLIP loss on raw shards; "
+        "coca: CLIP + captioning loss on raw shards (a CoCa model)",
+    )
     p.add_argument(
         "--model", required=True, help="tiny, an open_clip name (MobileCLIP2-S0, ...) or local-dir:"
     )
@@ -102,6 +128,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--batch-size", type=int, required=True, help="per step (each loader worker fills whole batches)"
     )
     p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="KD weight λ (contract §5)")
+    p.add_argument(
+        "--families",
+        type=_families,
+        default=FAMILIES,
+        help="caption families in the reinforced loss: original, synthetic or original,synthetic (default)",
+    )
+    p.add_argument(
+        "--crop-scale",
+        type=_crop_scale,
+        default=DEFAULT_CROP_SCALE,
+        help="plain/coca: RandomResizedCrop area range, e.g. 0.9,1.0 (open_clip's default)",
+    )
+    p.add_argument(
+        "--caption-loss-weight",
+        type=float,
+        default=DEFAULT_CAPTION_LOSS_WEIGHT,
+        help="coca: weight of the captioning loss (contrastive weight 1)",
+    )
     p.add_argument(
         "--config", default=None, help="the reinforcement run's config.json (default: beside the data)"
     )
@@ -178,10 +222,27 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-def run_identity(args: argparse.Namespace, shards: list[str], settings: DataSettings) -> dict[str, Any]:
+def _families(text: str) -> tuple[str, ...]:
+    families = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not families or set(families) - set(FAMILIES):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {FAMILIES}, got {text!r}")
+    return tuple(f for f in FAMILIES if f in families)
+
+
+def _crop_scale(text: str) -> tuple[float, float]:
+    values = _floats(text)
+    if len(values) != 2 or not 0 < values[0] <= values[1] <= 1:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with 0 < LOW <= HIGH <= 1, got {text!r}")
+    return values[0], values[1]
+
+
+def run_identity(
+    args: argparse.Namespace, shards: list[str], settings: DataSettings | None
+) -> dict[str, Any]:
     identity = {key: getattr(args, key) for key in RUN_KEYS}
     identity["shards"] = shards
-    identity["data_settings"] = {k: v for k, v in settings.describe().items() if k != "source"}
+    described = settings.describe() if settings else {}
+    identity["data_settings"] = {k: v for k, v in described.items() if k != "source"}
     return json.loads(json.dumps(identity))
 
 
@@ -198,40 +259,26 @@ def train_step(
     student: Student,
     weights: TrainingWeights,
     optimizer: torch.optim.Optimizer,
-    batch: Batch,
-    slices: Sequence[TeacherSlice],
-    lam: float,
+    batch: Batch | PairBatch,
+    objective: Objective,
     grad_clip: float,
-) -> tuple[LossParts, float]:
-    """One optimizer step on one batch; returns the loss parts and the gradient norm before clipping."""
-    images = normalize(batch.images, student.mean, student.std)
-    tokens = torch.cat([batch.original_tokens, batch.synthetic_tokens])
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=weights.precision == "amp_bf16"):
-        image_features, text_features, logit_scale = encode(student, images, tokens)
-    size = len(batch)
-    parts = reinforced_loss(
-        image_features,
-        text_features[:size],
-        text_features[size:],
-        logit_scale,
-        batch.teacher_image,
-        batch.teacher_original,
-        batch.teacher_synthetic,
-        slices,
-        lam,
-    )
+) -> tuple[dict[str, float], float]:
+    """One optimizer step on one batch; returns the loss terms and the gradient norm before clipping."""
+    amp = weights.precision == "amp_bf16"
+    with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=amp):
+        terms = objective(student, batch)
     optimizer.zero_grad(set_to_none=True)
-    parts.total.backward()
+    terms["total"].backward()
     weights.gradients_to_master()
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(weights.parameters_with_grad(), max_norm))
     optimizer.step()
     clamp_logit_scale(dict(weights.named_parameters())["logit_scale"])
     weights.master_to_model()
-    return parts, grad_norm
+    return {name: float(value.detach()) for name, value in terms.items()}, grad_norm
 
 
-def on_device(batch: Batch, device: torch.device) -> Batch:
+def on_device(batch: Batch | PairBatch, device: torch.device) -> Batch | PairBatch:
     """The batch with its tensors on the step's device (images still uint8: a quarter of float32's bytes)."""
     if device.type == "cpu":
         return batch
@@ -244,7 +291,7 @@ def on_device(batch: Batch, device: torch.device) -> Batch:
 
 
 def _write_train_config(
-    output: str, identity: dict[str, Any], args: argparse.Namespace, source: str, device: torch.device
+    output: str, identity: dict[str, Any], args: argparse.Namespace, source: str | None, device: torch.device
 ) -> None:
     path = storage.join(output, TRAIN_CONFIG_FILE)
     payload = {"run": identity, "workers": args.workers, "data_settings_source": source, "argv": sys.argv[1:]}
@@ -290,8 +337,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(threads)  # the step's thread count is this run's choice, not the caller's
 
 
-def _train(args: argparse.Namespace) -> dict[str, Any]:
-    device = resolve_device(args.device)  # before any work: an unusable GPU fails the run at once
+def _objective(
+    args: argparse.Namespace, shards: list[str], student: Student
+) -> tuple[DataSettings | None, Objective, str]:
+    """The mode's data settings (reinforced only, checked on a first sample), objective and a description."""
+    if args.mode != REINFORCED:
+        objective = coca_objective(args.caption_loss_weight) if args.mode == COCA else plain_objective()
+        return None, objective, f"raw pairs, RandomResizedCrop scale {list(args.crop_scale)}"
     config_path = args.config or sibling_config(args.data[0])
     config = load_run_config(config_path) if config_path else None
     settings = resolve_data_settings(
@@ -301,41 +353,63 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         config_path=config_path,
         caption_families=args.caption_families,
     )
+    probed = probe(shards, settings, student.tokenizer, student.image_size)
+    described = (
+        f"teachers {list(settings.teacher_dims)} at KD scales {list(settings.kd_logit_scales)} "
+        f"(from {settings.source}), families {list(args.families)}; first sample {probed['key']} has "
+        f"{probed['num_views']} views"
+    )
+    return settings, reinforced_objective(settings.slices, args.lam, args.families), described
+
+
+def _stream(
+    args: argparse.Namespace,
+    shards: list[str],
+    student: Student,
+    settings: DataSettings | None,
+    cursor: DataCursor,
+) -> ShardStream:
+    common: dict[str, Any] = {
+        "image_size": student.image_size,
+        "tokenizer": student.tokenizer,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "shuffle_buffer": args.shuffle_buffer,
+        "start": cursor.positions,
+        "skipped": cursor.skipped,
+    }
+    if settings is None:
+        interpolation = student.preprocess_cfg.get("interpolation") or "bicubic"
+        return RawPairStream(shards, crop_scale=args.crop_scale, interpolation=interpolation, **common)
+    return ReinforcedStream(shards, settings, **common)
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)  # before any work: an unusable GPU fails the run at once
     shards = list_shards(args.data)
     student = create_student(args.model, pretrained=args.pretrained, seed=args.seed)
     student.model.to(device)  # before TrainingWeights, which keeps its fp32 master copy beside the model
     weights = TrainingWeights(student.model, args.precision)
-    probed = probe(shards, settings, student.tokenizer, student.image_size)
     workers = effective_workers(args.workers, len(shards))
+    settings, objective, described = _objective(args, shards, student)
     torch.set_num_threads(args.threads or step_threads(workers))
     betas = (args.beta1, args.beta2)
     optimizer = build_optimizer(weights.named_parameters(), args.lr, args.weight_decay, betas, args.eps)
     identity = run_identity(args, shards, settings)
     start, cursor = _resume(args, weights, optimizer, identity, workers)
     if start == 0:
-        _write_train_config(args.output, identity, args, settings.source, device)
+        _write_train_config(args.output, identity, args, settings.source if settings else None, device)
     log_path, eval_path = storage.join(args.output, LOG_FILE), storage.join(args.output, EVAL_FILE)
     records = [r for r in read_log(log_path) if r["step"] < start]  # steps after the checkpoint are redone
     evals = [r for r in read_log(eval_path) if r["step"] <= start]
     print(
-        f"training {args.model} ({student.image_size}px) on {len(shards)} shards with {workers} workers; "
-        f"teachers {list(settings.teacher_dims)} at KD scales {list(settings.kd_logit_scales)} "
-        f"(from {settings.source}); first sample {probed['key']} has {probed['num_views']} views",
+        f"training {args.model} ({student.image_size}px, {args.mode}) on {len(shards)} shards with "
+        f"{workers} workers; {described}",
         file=sys.stderr,
     )
-    stream = ReinforcedStream(
-        shards,
-        settings,
-        image_size=student.image_size,
-        tokenizer=student.tokenizer,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        shuffle_buffer=args.shuffle_buffer,
-        start=cursor.positions,
-        skipped=cursor.skipped,
-    )
+    stream = _stream(args, shards, student, settings, cursor)
     loader = in_worker_order(iter(make_loader(stream, workers)), workers, cursor.next_worker)
-    replay = ReplayCheck(settings)
+    replay = ReplayCheck(settings) if settings is not None else None  # raw pairs have nothing to check
     student.model.train()
 
     def save(step: int) -> None:
@@ -358,16 +432,15 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             waited = time.perf_counter() - began
             lr = learning_rate(step, args.lr, args.warmup, args.steps)
             set_learning_rate(optimizer, lr)
-            parts, grad_norm = train_step(
-                student, weights, optimizer, batch, settings.slices, args.lam, args.grad_clip
-            )
+            terms, grad_norm = train_step(student, weights, optimizer, batch, objective, args.grad_clip)
             cursor.advance(batch)
-            replay.update(batch)
+            if replay is not None:
+                replay.update(batch)
             seconds = time.perf_counter() - began
             records.append(
                 {
                     "step": step,
-                    **parts.as_floats(),
+                    **terms,
                     "logit_scale": float(student.model.logit_scale.detach().float().exp()),
                     "lr": lr,
                     "grad_norm": grad_norm,
@@ -381,9 +454,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             done = step + 1
             if done % args.log_every == 0 or done == args.steps:
                 r = records[-1]
+                losses = " ".join(f"{name} {terms[name]:.4f}" for name in terms)
                 print(
-                    f"step {done}/{args.steps} loss {r['total']:.4f} kd {r['kd_original']:.4f}/"
-                    f"{r['kd_synthetic']:.4f} scale {r['logit_scale']:.2f} lr {lr:.2e} "
+                    f"step {done}/{args.steps} {losses} scale {r['logit_scale']:.2f} lr {lr:.2e} "
                     f"{r['samples_per_s']:.1f} samples/s",
                     file=sys.stderr,
                 )
@@ -395,7 +468,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         loader.close()  # releases the DataLoader iterator, which stops the loader workers
     if args.eval_data and (not evals or evals[-1]["step"] != args.steps):
         run_eval(args.steps)
-    return summarize(records, cursor, evals, replay.totals())
+    return summarize(records, cursor, evals, replay.totals() if replay is not None else None)
 
 
 class ReplayCheck:
@@ -438,8 +511,8 @@ def summarize(
     summary: dict[str, Any] = {"steps": len(records), "skipped": cursor.total_skipped()}
     if replay is not None:
         summary["replay_check"] = replay
-    for name in ("total", "kd_original", "kd_synthetic", "clip_original", "clip_synthetic"):
-        if records:
+    for name in CURVES:
+        if records and name in records[0]:
             summary[f"first_{name}"] = sum(r[name] for r in records[:window]) / window
             summary[f"last_{name}"] = sum(r[name] for r in records[-window:]) / window
     timed = records[1:] or records  # the first step includes starting the loader workers

@@ -1,0 +1,273 @@
+"""Does reinforced data teach faster? A miniature of MobileCLIP's learning-efficiency ablation.
+
+    python -m experiments.learning_efficiency [--quick] [--out DIR] [--seed N]
+
+End to end through our own code: a seeded shape world written as raw img2dataset shards
+(`experiments.world`); two CLIP teachers and a CoCa captioner trained on its clean split with
+`trainer.train --mode plain|coca`; its noisy web split reinforced by `python -m pipeline.reinforce`;
+then the same student trained for the same steps on (a) the raw web split, plain CLIP loss;
+(b) the reinforced split, full loss; (c) KD with original captions only; (d) synthetic captions
+only, λ = 0; and two negative controls, (e) image embeddings shuffled across samples and (f) view
+rows permuted within each sample (`experiments.controls`). Every arm is evaluated on the test split
+every few steps. DIR gets the runs, `curves.png`, `table.md` and `results.json`; the last line
+printed is the results as one JSON object.
+
+Re-running the same command on the same DIR resumes: the world is rewritten byte for byte, finished
+training runs and reinforced shards are kept (the trainer and the job resume), the rest is done.
+`seconds` is the time of this invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments.controls import write_control
+from experiments.models import CAPTIONER, STUDENT, TEACHERS, write_initial
+from experiments.world import build_world, split_pattern
+from trainer import train as trainer
+from trainer.checkpoint import step_dir
+from trainer.plot import read_log
+
+ARMS = ("plain", "reinforced", "kd_only", "syn_only", "shuffled", "permuted")
+ARM_LABELS = {
+    "plain": "(a) plain CLIP on web alt-text",
+    "reinforced": "(b) reinforced, full loss",
+    "kd_only": "(c) KD, original captions only",
+    "syn_only": "(d) synthetic captions only, λ=0",
+    "shuffled": "(e) control: image embeddings shuffled",
+    "permuted": "(f) control: view rows permuted",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    clean: int  # teacher training images
+    web: int  # student training images (reinforced)
+    test: int  # held-out images, one object each
+    teacher_steps: int
+    captioner_steps: int
+    captioner_batch_size: int  # the captioner's vocabulary-wide output layer makes its steps costly
+    student_steps: int
+    batch_size: int
+    eval_every: int
+    num_views: int
+    num_captions: int
+
+
+FULL = Profile(
+    clean=10_000,
+    web=4_000,
+    test=600,
+    teacher_steps=400,
+    captioner_steps=200,
+    captioner_batch_size=32,
+    student_steps=300,
+    batch_size=128,
+    eval_every=25,
+    num_views=4,
+    num_captions=3,
+)
+QUICK = Profile(
+    clean=3_000,
+    web=1_000,
+    test=300,
+    teacher_steps=120,
+    captioner_steps=30,
+    captioner_batch_size=32,
+    student_steps=100,
+    batch_size=64,
+    eval_every=20,
+    num_views=2,
+    num_captions=2,
+)
+LEARNING_RATE = 2e-3  # tiny models from scratch; the same for every run
+
+
+def _train(data: str, model: str, output: Path, steps: int, batch_size: int, seed: int, *extra: str) -> dict:
+    """One `python -m trainer.train` run, in-process (same flags a user would type)."""
+    argv = [
+        "--data", data, "--model", model, "--output", str(output), "--steps", str(steps),
+        "--batch-size", str(batch_size), "--lr", str(LEARNING_RATE), "--seed", str(seed),
+        "--workers", "0", "--threads", "1", "--checkpoint-every", str(steps), "--keep-checkpoints", "1",
+        "--log-every", str(max(1, steps // 4)), *extra,
+    ]  # fmt: skip
+    return trainer.train(trainer.parse_args(argv))
+
+
+def _final_checkpoint(run: Path, steps: int) -> str:
+    return f"local-dir:{Path(step_dir(str(run), steps)).resolve()}"
+
+
+def _evals(run: Path) -> list[dict[str, Any]]:
+    return read_log(str(run / trainer.EVAL_FILE))
+
+
+def train_teachers(out: Path, profile: Profile, seed: int) -> dict[str, Any]:
+    clean, test = split_pattern(out / "world", "clean"), split_pattern(out / "world", "test")
+    teachers: dict[str, Any] = {}
+    for k, name in enumerate((*TEACHERS, CAPTIONER)):
+        initial = write_initial(name, out / "initial" / name, seed=1000 * seed + k)
+        if name == CAPTIONER:
+            mode, steps, batch_size = "coca", profile.captioner_steps, profile.captioner_batch_size
+        else:
+            mode, steps, batch_size = "plain", profile.teacher_steps, profile.batch_size
+        run = out / "teachers" / name
+        summary = _train(clean, initial, run, steps, batch_size, seed, "--mode", mode, "--eval-data", test)
+        teachers[name] = {"spec": _final_checkpoint(run, steps), "eval": summary["eval"]}
+        print(f"{name}: zero-shot top-1 {summary['eval']['zeroshot_top1']:.3f}", file=sys.stderr)
+    return teachers
+
+
+def reinforce(out: Path, teachers: dict[str, Any], profile: Profile, seed: int) -> Path:
+    """The real job, as a user runs it."""
+    folder = out / "reinforced"
+    command = [
+        sys.executable, "-m", "pipeline.reinforce", "--input", split_pattern(out / "world", "web"),
+        "--output", str(folder), "--preset", "tiny",
+        "--teachers", ",".join(teachers[name]["spec"] for name in TEACHERS),
+        "--captioner", teachers[CAPTIONER]["spec"],
+        "--num-views", str(profile.num_views), "--num-captions", str(profile.num_captions),
+        "--seed", str(seed), "--no-progress", "--runner", "DirectRunner", "--model_threads", "1",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return folder
+
+
+def train_arms(out: Path, reinforced: Path, profile: Profile, seed: int) -> dict[str, Path]:
+    web, test = split_pattern(out / "world", "web"), split_pattern(out / "world", "test")
+    for control in ("shuffled", "permuted"):
+        write_control(str(reinforced), str(out / "controls" / control), control, seed=seed)
+    data = {
+        "plain": (web, "--mode", "plain"),
+        "reinforced": (str(reinforced / "*.tar"),),
+        "kd_only": (str(reinforced / "*.tar"), "--families", "original", "--lambda", "1.0"),
+        "syn_only": (str(reinforced / "*.tar"), "--families", "synthetic", "--lambda", "0.0"),
+        "shuffled": (str(out / "controls" / "shuffled" / "*.tar"),),
+        "permuted": (str(out / "controls" / "permuted" / "*.tar"),),
+    }
+    student = write_initial(STUDENT, out / "initial" / STUDENT, seed=1000 * seed + 99)
+    runs = {}
+    for arm in ARMS:
+        pattern, *flags = data[arm]
+        runs[arm] = out / "students" / arm
+        extra = ("--eval-data", test, "--eval-every", str(profile.eval_every), *flags)
+        summary = _train(pattern, student, runs[arm], profile.student_steps, profile.batch_size, seed, *extra)
+        print(f"{arm}: zero-shot top-1 {summary['eval']['zeroshot_top1']:.3f}", file=sys.stderr)
+    return runs
+
+
+def steps_to_reach(evals: list[dict[str, Any]], target: float) -> int | None:
+    """The first evaluated step whose zero-shot top-1 is at least `target`."""
+    return next((e["step"] for e in evals if e["zeroshot_top1"] >= target), None)
+
+
+def summarize(
+    teachers: dict[str, Any], runs: dict[str, Path], profile: Profile, seconds: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    curves = {arm: _evals(run) for arm, run in runs.items()}
+    plain_final = curves["plain"][-1]["zeroshot_top1"]
+    rows = []
+    for arm in ARMS:
+        final = curves[arm][-1]
+        rows.append(
+            {
+                "arm": arm,
+                "top1": final["zeroshot_top1"],
+                "i2t_r1": final["image_to_text_R@1"],
+                "t2i_r1": final["text_to_image_R@1"],
+                "steps_to_plain_final": steps_to_reach(curves[arm], plain_final),
+            }
+        )
+    reached = steps_to_reach(curves["reinforced"], plain_final)
+    results: dict[str, Any] = {
+        "teacher_top1": {name: t["eval"]["zeroshot_top1"] for name, t in teachers.items()},
+        **{f"{row['arm']}_top1": row["top1"] for row in rows},
+        "steps_ratio": 1.0 if reached is None else reached / profile.student_steps,
+        "student_steps": profile.student_steps,
+        "eval_every": profile.eval_every,
+        "retrieval_r1": {row["arm"]: {"i2t": row["i2t_r1"], "t2i": row["t2i_r1"]} for row in rows},
+        "curves": {arm: [(e["step"], e["zeroshot_top1"]) for e in evals] for arm, evals in curves.items()},
+        "seconds": round(seconds, 1),
+    }
+    return results, rows
+
+
+def table(rows: list[dict[str, Any]], profile: Profile) -> str:
+    lines = [
+        "| arm | zero-shot top-1 | R@1 image→text | R@1 text→image | steps to plain's final top-1 |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        reached = row["steps_to_plain_final"]
+        steps = "never" if reached is None else f"{reached} / {profile.student_steps}"
+        cells = [ARM_LABELS[row["arm"]], *(f"{row[k]:.3f}" for k in ("top1", "i2t_r1", "t2i_r1")), steps]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    for arm in ARMS:
+        steps, top1 = zip(*results["curves"][arm], strict=True)
+        style = "--" if arm in ("shuffled", "permuted") else "-"
+        axes.plot(steps, top1, style, marker="o", markersize=3, linewidth=1.5, label=ARM_LABELS[arm])
+    for name, top1 in results["teacher_top1"].items():
+        axes.axhline(top1, color="grey", linewidth=0.8, linestyle=":")
+        axes.annotate(f"{name} {top1:.2f}", (0, top1), fontsize=7, color="grey", va="bottom")
+    axes.set_xlabel("student training step")
+    axes.set_ylabel("zero-shot top-1 (test split, 36 classes)")
+    axes.set_ylim(0, 1)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(figure)
+
+
+def run(profile: Profile, out: Path, seed: int) -> dict[str, Any]:
+    began = time.perf_counter()
+    sizes = {"clean": profile.clean, "web": profile.web, "test": profile.test}
+    world = build_world(out / "world", sizes, seed=seed)
+    print(f"world: {json.dumps(world)}", file=sys.stderr)
+    teachers = train_teachers(out, profile, seed)
+    reinforced = reinforce(out, teachers, profile, seed)
+    runs = train_arms(out, reinforced, profile, seed)
+    results, rows = summarize(teachers, runs, profile, time.perf_counter() - began)
+    results["web_caption_kinds"] = world["web"]["caption_kinds"]
+    (out / "table.md").write_text(table(rows, profile))
+    plot(results, out / "curves.png")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(rows, profile), file=sys.stderr)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small world and short runs (minutes)")
+    parser.add_argument("--out", type=Path, default=None, help="default: out/learning_efficiency[_quick]")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the world, the initial weights and the runs"
+    )
+    args = parser.parse_args(argv)
+    out = args.out or Path("out") / ("learning_efficiency_quick" if args.quick else "learning_efficiency")
+    torch.set_num_threads(2)
+    results = run(QUICK if args.quick else FULL, out, args.seed)
+    print(json.dumps({k: v for k, v in results.items() if k != "curves"}))
+
+
+if __name__ == "__main__":
+    main()
