@@ -51,6 +51,7 @@ class Student:
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
     model_cfg: dict[str, Any]
     preprocess_cfg: dict[str, Any]
+    autocast_bf16: bool = False  # encode under bf16 autocast (`--precision amp_bf16`); losses stay fp32
 
     @property
     def image_size(self) -> int:
@@ -140,6 +141,7 @@ def encode(student: Student, images: torch.Tensor, tokens: torch.Tensor) -> tupl
     """L2-normalised image and text features and the exponentiated logit scale, in float32."""
     model = student.model
     dtype = next(model.parameters()).dtype
-    image_features = model.encode_image(images.to(dtype), normalize=True).float()
-    text_features = model.encode_text(tokens, normalize=True).float()
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=student.autocast_bf16):
+        image_features = model.encode_image(images.to(dtype), normalize=True).float()
+        text_features = model.encode_text(tokens, normalize=True).float()
     return image_features, text_features, model.logit_scale.float().exp()

@@ -264,9 +264,7 @@ def train_step(
     grad_clip: float,
 ) -> tuple[dict[str, float], float]:
     """One optimizer step on one batch; returns the loss terms and the gradient norm before clipping."""
-    amp = weights.precision == "amp_bf16"
-    with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=amp):
-        terms = objective(student, batch)
+    terms = objective(student, batch)
     optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()
     weights.gradients_to_master()
@@ -390,6 +388,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     student = create_student(args.model, pretrained=args.pretrained, seed=args.seed)
     student.model.to(device)  # before TrainingWeights, which keeps its fp32 master copy beside the model
     weights = TrainingWeights(student.model, args.precision)
+    student.autocast_bf16 = args.precision == "amp_bf16"
     workers = effective_workers(args.workers, len(shards))
     settings, objective, described = _objective(args, shards, student)
     torch.set_num_threads(args.threads or step_threads(workers))

@@ -85,6 +85,7 @@ def test_a_batch_moves_to_the_step_device_whole() -> None:
         worker=0,
         position=WorkerPosition(),
         skipped={},
+        replay={"checked": 0, "differ": 0},
         produce_seconds=0.5,
     )
     assert train.on_device(batch, torch.device("cpu")) is batch
