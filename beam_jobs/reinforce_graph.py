@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +20,11 @@ from apache_beam.utils import shared
 
 from pipeline.settings import ReinforceSettings
 from shards.run_folder import ShardStats, finalize_run
+from teachers.devices import is_fatal_cuda_error
 
 NAMESPACE = "datacompdr"
+# The exit status of a worker process ended on a CUDA error (EX_SOFTWARE): the runner starts a new one.
+EXIT_BROKEN_CUDA = 70
 _LOG = logging.getLogger(__name__)
 
 
@@ -29,6 +33,18 @@ def worker_threads(explicit: int, sharing: int) -> int:
     if explicit > 0:
         return explicit
     return max(1, (os.cpu_count() or 1) // max(1, sharing))
+
+
+def end_broken_worker(input_path: str, error: BaseException) -> None:
+    """After a CUDA error or OOM this process's CUDA state cannot be trusted, and retrying the bundle
+    in it would fail again (or worse, go on wrongly): end it, so the runner retries the shard in a
+    fresh worker. Nothing half-written survives, since every output is committed atomically."""
+    message = (
+        f"CUDA failure on shard {input_path}: {type(error).__name__}: {error}; ending this worker process"
+    )
+    _LOG.critical(message)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(EXIT_BROKEN_CUDA)
 
 
 class _ModelsHolder:
@@ -94,6 +110,10 @@ class ShardFn(beam.DoFn):
             _LOG.warning("shard left for a later run: %s", exc)
             self._counter("shards_unreadable").inc()
             return
+        except Exception as exc:
+            if is_fatal_cuda_error(exc):
+                end_broken_worker(input_path, exc)
+            raise
         self._counter("samples_read").inc(stats.num_read)
         self._counter("samples_skipped").inc(stats.num_skipped)
         for reason, count in stats.skipped.items():

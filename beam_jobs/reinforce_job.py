@@ -30,6 +30,7 @@ from pipeline.progress import ShardProgress
 from pipeline.reinforce_shard import ShardModels
 from pipeline.settings import ReinforceSettings, build_run_config
 from pipeline.worker_models import load_models as load_worker_models
+from pipeline.worker_models import run_device_kind
 from shards import storage
 from shards.lease import hold_output
 from shards.remote_access import check_remote_access
@@ -101,6 +102,7 @@ def describe_run(settings: ReinforceSettings, models: Any) -> dict[str, Any]:
         # the augmenter's canonical config: every default spelled out, loadable by the public trainer
         image_augmentation=models.augmenter.config,
         param_aug_version=PARAM_AUG_VERSION,
+        device_kind=run_device_kind(settings.device, models.device.get("kind")),
     )
 
 
@@ -175,8 +177,14 @@ def _run_held(
     show_progress: bool,
 ) -> JobOutcome:
     """The run itself, while this job holds the output folder's lease."""
-    models = load_models(settings)
-    write_or_check_run_config(settings.output_dir, describe(settings, models))
+    local = is_local(options)
+    # Remote workers load their own models: the launcher only describes them, on its CPU.
+    models = load_models(settings) if local else load_models(settings, describe_only=True)
+    write_or_check_run_config(
+        settings.output_dir,
+        describe(settings, models),
+        allow_device_change=getattr(settings, "allow_device_change", False),
+    )
     output_dir = settings.output_dir
     shards = [shard_name(p) for p in inputs]
     done = committed_shards(output_dir)
@@ -190,7 +198,6 @@ def _run_held(
     ours = options.view_as(ReinforceWorkerOptions)
     sharing = ours.workers_per_machine or local_worker_processes(options)
     shard_fn = shard_fn_type(settings, ours.model_threads, sharing, load_models)
-    local = is_local(options)
     # The in-process worker uses the launcher's copy instead of loading a second one.
     adopted = shard_fn.adopt(models) if local and local_worker_processes(options) == 1 else None
     del models

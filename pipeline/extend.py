@@ -100,21 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from beam_jobs.extend_job import run_extend_job
+    from pipeline.reinforce import failure_advice
+    from shards.remote_access import RemoteAccessError
+    from teachers.devices import DeviceError
     from teachers.specs import ModelLoadError
 
     try:
         settings = settings_from_args(args)
         outcome = run_extend_job(settings, beam_args, show_progress=not args.no_progress)
-    except (ConfigError, ModelLoadError) as exc:
+    except (ConfigError, ModelLoadError, RemoteAccessError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception as exc:  # the pipeline failed: committed shards stay, a re-run resumes after them
-        print(f"error: the pipeline failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(
-            f"finished shards are kept in {args.output}; run the same command again to resume",
-            file=sys.stderr,
-        )
-        return EXIT_NOTHING_DONE
+        advice, code = failure_advice(exc, args.output)
+        print(f"error: the job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(advice, file=sys.stderr)
+        return code
     summary = outcome.summary
     if outcome.shards_already_done:
         print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")

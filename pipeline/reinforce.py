@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from beam_jobs.reinforce_job import run_job
     from shards.remote_access import RemoteAccessError
+    from teachers.devices import DeviceError
     from teachers.specs import ModelLoadError
 
     try:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_job(
             settings, beam_args, show_progress=not args.no_progress, force_takeover=args.force_takeover
         )
-    except (ConfigError, ModelLoadError, RemoteAccessError) as exc:
+    except (ConfigError, ModelLoadError, RemoteAccessError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception as exc:  # the pipeline failed: committed shards stay, a re-run resumes after them

@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes per worker that decode and augment ahead of the models (GPU workers: cores - 1); "
         "0 = one read-ahead thread. Output bytes do not depend on it",
     )
+    parser.add_argument(
+        "--allow-device-change",
+        action="store_true",
+        help="let a resume run on another kind of device (cpu/cuda) than the run began on; their "
+        "embeddings differ in the last bits",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
     parser.add_argument(
         "--force-takeover",
@@ -153,6 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> ReinforceSettings:
         max_image_pixels=args.max_image_pixels,
         device=args.device,
         feed_workers=args.feed_workers,
+        allow_device_change=args.allow_device_change,
     )
     settings.validate()
     return settings

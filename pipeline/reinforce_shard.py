@@ -85,6 +85,7 @@ class ShardModels:
     ensemble: ImageEmbedder
     captioner: CaptionModel
     augmenter: Augmenter
+    device: dict[str, Any] = dataclasses.field(default_factory=dict)  # facts for each shard's stats
 
 
 @dataclasses.dataclass
@@ -154,7 +155,7 @@ def reinforce_shard(
     """Reinforce one raw shard into `settings.output_dir`; the stats file, written last, commits it."""
     shard = shard_name(input_path)
     paths = output_paths(settings.output_dir, shard)
-    stats = ShardStats(shard=shard, input_path=input_path)
+    stats = ShardStats(shard=shard, input_path=input_path, device=models.device)
     skips: list[SkippedSample] = []
     clock = StageClock()
 

@@ -39,6 +39,7 @@ class ReinforceSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     device: str = "auto"  # where workers run the models: auto = the worker's GPU if it has one
+    allow_device_change: bool = False  # a resume may run on another device kind than the run began on
     feed_workers: int = 0  # decode/augment processes per worker; 0 = one read-ahead thread (no bytes change)
 
     def validate(self) -> None:
@@ -94,6 +95,7 @@ def build_run_config(
     captioner: dict[str, Any],
     image_augmentation: dict[str, Any],
     param_aug_version: int,
+    device_kind: str,
 ) -> dict[str, Any]:
     """The run's config.json content; `teachers`/`captioner` come from the loaded models' describe()."""
     return {
@@ -110,6 +112,7 @@ def build_run_config(
         "seed": settings.seed,
         "preset": settings.preset,
         "max_image_pixels": settings.max_image_pixels,
+        "device_kind": device_kind,  # cpu or cuda (auto: each worker's, in its shards' stats)
         "versions": library_versions(),
         # exact replay needs the same decode/resize code; each view's fingerprint says if a replay matches
         "image_stack": image_stack(),

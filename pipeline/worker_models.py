@@ -7,49 +7,79 @@ describes the loaded models in config.json. Only spec strings cross process boun
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+import torch
+
 from pipeline.extend_settings import ExtendSettings
 from pipeline.extend_shard import ExtendModels
 from pipeline.reinforce_shard import ShardModels
 from pipeline.settings import ReinforceSettings
 from shards.run_config import augmenter_from_config
+from teachers.devices import device_facts, resolve_device
+
+_LOG = logging.getLogger(__name__)
 
 
-def worker_device(requested: str) -> str:
-    """`auto` is decided on the worker itself: its GPU when it has one, else its CPU."""
-    if requested != "auto":
-        return requested
-    import torch
+def run_device_kind(requested: str, loaded_on: str | None) -> str:
+    """What config.json records as the run's device: the requested kind, or for `auto` the kind the
+    launcher's own models found (a local run), else "auto" (each worker's is in its shards' stats)."""
+    if requested.startswith("cuda"):
+        return "cuda"
+    if requested == "cpu":
+        return "cpu"
+    return loaded_on or "auto"
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def _device(requested: str, describe_only: bool) -> tuple[torch.device, dict[str, Any]]:
+    """The device to load on and its facts; the launcher of a remote run never touches a GPU."""
+    if describe_only:
+        return torch.device("cpu"), {}
+    device = resolve_device(requested)  # DeviceError at once when an explicit GPU cannot run
+    facts = device_facts(device)
+    _LOG.info("worker models on %s", facts)
+    return device, facts
 
 
-def load_models(settings: ReinforceSettings) -> ShardModels:
-    """Raises teachers' ModelLoadError, with a message saying what to do, when a spec cannot load."""
+def load_models(settings: ReinforceSettings, *, describe_only: bool = False) -> ShardModels:
+    """Raises teachers' ModelLoadError, with a message saying what to do, when a spec cannot load.
+
+    `describe_only`: load on the CPU just to describe the models (the launcher of a remote run), with
+    the micro-batch sizes of the device the workers will use, so config.json records theirs.
+    """
     from teachers.captioner import Captioner
-    from teachers.ensemble import TeacherEnsemble
+    from teachers.ensemble import CPU_MICRO_BATCHES, CUDA_MICRO_BATCHES, TeacherEnsemble
     from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
 
-    device = worker_device(settings.device)
+    device, facts = _device(settings.device, describe_only)
+    kind = run_device_kind(settings.device, device.type)
+    images, texts = CUDA_MICRO_BATCHES if kind == "cuda" else CPU_MICRO_BATCHES
     ensemble = TeacherEnsemble.load(
         list(settings.teachers),
         precision=settings.precision,
-        device=device,
+        device=str(device),
         kd_logit_scales=list(settings.kd_logit_scales),
+        micro_batch=images,
+        text_micro_batch=texts,
     )
-    captioner = Captioner.load(settings.captioner, precision=settings.precision, device=device)
+    captioner = Captioner.load(settings.captioner, precision=settings.precision, device=str(device))
     return ShardModels(
-        ensemble=ensemble, captioner=captioner, augmenter=ViewAugmenter.from_config(DATACOMPDR_AUGMENTATION)
+        ensemble=ensemble,
+        captioner=captioner,
+        augmenter=ViewAugmenter.from_config(DATACOMPDR_AUGMENTATION),
+        device=facts,
     )
 
 
-def load_extend_models(settings: ExtendSettings) -> ExtendModels:
+def load_extend_models(settings: ExtendSettings, *, describe_only: bool = False) -> ExtendModels:
     """The input run's view recipe, plus the added teacher, or the added captioner and the input's
     teachers (loaded as the input config describes them, to embed the new captions)."""
     from teachers.captioner import Captioner
     from teachers.clip_teachers import load_teacher
     from teachers.ensemble import TeacherEnsemble
 
-    device = worker_device(settings.device)
+    device = str(_device(settings.device, describe_only)[0])
     augmenter = augmenter_from_config(settings.input_config)
     if settings.add_teacher is not None:
         new_teacher = TeacherEnsemble.load(

@@ -42,7 +42,9 @@ VERSIONED_LIBRARIES = (
 # carry their own fingerprints, so a stack change shows up wherever they are replayed.
 _RESUMABLE_KEYS = frozenset({"versions", "image_stack"})
 # Added to config.json after runs that lack them were written; such runs still resume.
-_LATER_KEYS = frozenset({"view_fingerprint"})
+_LATER_KEYS = frozenset({"view_fingerprint", "device_kind"})
+# What a device decides in config.json besides its kind: the teachers' micro-batch sizes.
+_DEVICE_SIZED = ("micro_batch", "text_micro_batch")
 
 
 class ConfigError(ValueError):
@@ -77,12 +79,15 @@ def config_bytes(config: dict[str, Any]) -> bytes:
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def write_or_check_run_config(output_dir: str, config: dict[str, Any]) -> bool:
+def write_or_check_run_config(
+    output_dir: str, config: dict[str, Any], *, allow_device_change: bool = False
+) -> bool:
     """Write config.json, or, when resuming, insist the existing one describes the same run.
 
     Returns True when a config was already there (a resumed run). Only library versions and the
     image stack may differ (the first ones are kept), the view recipe is compared as the augmenter
-    it builds (older configs do not list to_tensor), and keys added later may be absent.
+    it builds (older configs do not list to_tensor), and keys added later may be absent. A resume on
+    another kind of device (`device_kind`: cpu, cuda) is refused unless `allow_device_change`.
     """
     path = storage.join(output_dir, CONFIG_FILE)
     if not storage.exists(path):
@@ -92,6 +97,16 @@ def write_or_check_run_config(output_dir: str, config: dict[str, Any]) -> bool:
         existing = json.loads(storage.read_text(path))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid JSON ({exc}); remove it or pick a new --output") from exc
+    before, now = existing.get("device_kind"), config.get("device_kind")
+    if before and now and before != now and "auto" not in (before, now):
+        if not allow_device_change:
+            raise ConfigError(
+                f"{path}: this run's shards were computed on {before}, and this resume would run on {now}, "
+                "mixing devices in one dataset (embeddings differ in their last bits, and the teachers' "
+                f"micro-batch sizes too): resume on {before}, or pass --allow-device-change to mix them "
+                "knowingly (config.json keeps the first device)"
+            )
+        config = _as_on_device_of(existing, config)
     differing = sorted(
         key
         for key in set(existing) | set(config)
@@ -105,6 +120,17 @@ def write_or_check_run_config(output_dir: str, config: dict[str, Any]) -> bool:
             "resume with the same settings or pick a new --output"
         )
     return True
+
+
+def _as_on_device_of(existing: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with the existing run's device kind and device-sized settings, for comparison."""
+    config = json.loads(json.dumps(config))
+    config["device_kind"] = existing.get("device_kind")
+    for old, new in zip(existing.get("teachers") or [], config.get("teachers") or [], strict=False):
+        for key in _DEVICE_SIZED:
+            if key in old:
+                new[key] = old[key]
+    return config
 
 
 def _same_value(key: str, existing: Any, new: Any) -> bool:

@@ -89,6 +89,7 @@ class ShardStats:
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # sample skips by reason
     shard_errors: dict[str, int] = dataclasses.field(default_factory=dict)  # damage to the shard itself
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # wall time per stage
+    device: dict[str, Any] = dataclasses.field(default_factory=dict)  # where the worker ran the models
 
     @property
     def num_skipped(self) -> int:
@@ -109,6 +110,7 @@ class ShardStats:
             "skipped": dict(sorted(self.skipped.items())),
             "shard_errors": dict(sorted(self.shard_errors.items())),
             "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())},
+            **({"device": self.device} if self.device else {}),
         }
 
     @classmethod
@@ -121,6 +123,7 @@ class ShardStats:
             skipped={str(k): int(v) for k, v in data.get("skipped", {}).items()},
             shard_errors={str(k): int(v) for k, v in data.get("shard_errors", {}).items()},
             seconds={str(k): float(v) for k, v in data.get("seconds", {}).items()},
+            device=dict(data.get("device") or {}),
         )
 
 
