@@ -131,15 +131,30 @@ def _invert(weights: torch.Tensor, block_cdf: torch.Tensor, uniforms: torch.Tens
     return block * _BLOCK + torch.minimum(position.squeeze(2), last)
 
 
-def _in_nucleus(probs: torch.Tensor, values: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+def _in_nucleus(
+    probs: torch.Tensor, block_max: torch.Tensor, values: torch.Tensor, limit: torch.Tensor
+) -> torch.Tensor:
     """Whether a token of probability `values` [N] is in its row's nucleus: the probability of the row's
-    strictly more likely tokens, sum(max(p - v, 0)) + v * count(p > v), is below `limit` [N]."""
-    excess = (probs - values.unsqueeze(1)).clamp_(min=0)
-    above = _row_sums(excess) + values.double() * _row_sums(excess.sign_())
-    return above < limit
+    strictly more likely tokens, sum(max(p - v, 0)) + v * count(p > v), is below `limit` [N].
+
+    Only blocks whose maximum (`block_max` [N, blocks]) exceeds v contribute, so when every row has few
+    of them (peaked rows) only those are read. Block sums are added one after another in vocabulary
+    order, and blocks that contribute nothing add exact zeros, so the result is the same bits whichever
+    blocks were read.
+    """
+    rows, blocks = block_max.shape
+    grouped = _blocks(probs)
+    needed = int((block_max > values.unsqueeze(1)).sum(dim=-1).max())  # a host synchronisation
+    if needed < blocks // 2:
+        chosen = block_max.topk(max(needed, 1), dim=-1).indices.sort(dim=-1).values
+        grouped = grouped.gather(1, chosen.unsqueeze(2).expand(rows, chosen.shape[1], _BLOCK))
+    excess = (grouped - values.view(rows, 1, 1)).clamp_(min=0)
+    above = excess.sum(dim=-1).double().cumsum(dim=-1)[:, -1]
+    count = excess.sign_().sum(dim=-1).double().cumsum(dim=-1)[:, -1]
+    return above + values.double() * count < limit
 
 
-def _nucleus_threshold(probs: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+def _nucleus_threshold(probs: torch.Tensor, block_max: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
     """The smallest probability in each row's nucleus, by binary search over the sorted row (the rare
     fallback; the nucleus is then every token at least that likely)."""
     ranked = probs.sort(dim=-1, descending=True).values
@@ -147,7 +162,7 @@ def _nucleus_threshold(probs: torch.Tensor, limit: torch.Tensor) -> torch.Tensor
     high = torch.full_like(low, probs.shape[1] - 1)
     for _ in range(probs.shape[1].bit_length()):
         middle = (low + high + 1) // 2
-        inside = _in_nucleus(probs, ranked.gather(1, middle).squeeze(1), limit).unsqueeze(1)
+        inside = _in_nucleus(probs, block_max, ranked.gather(1, middle).squeeze(1), limit).unsqueeze(1)
         low = torch.where(inside, middle, low)
         high = torch.where(inside, high, middle - 1)
     return ranked.gather(1, low)
@@ -168,19 +183,19 @@ def _nucleus_tokens(
     if top_p >= 1.0:
         return chosen
     limit = top_p * (block_cdf[:, -1] if tempered is probs else _row_sums(probs))
+    block_max = _blocks(probs).amax(dim=-1)
     pending = torch.arange(logits.shape[0], device=logits.device)
-    rows_probs = probs
+    rows_probs, rows_max = probs, block_max
     for proposal in range(_PROPOSALS):
         candidates = proposals[pending, proposal]
-        accepted = _in_nucleus(
-            rows_probs, rows_probs.gather(1, candidates.unsqueeze(1)).squeeze(1), limit[pending]
-        )
+        values = rows_probs.gather(1, candidates.unsqueeze(1)).squeeze(1)
+        accepted = _in_nucleus(rows_probs, rows_max, values, limit[pending])
         chosen[pending] = torch.where(accepted, candidates, chosen[pending])
         pending = pending[~accepted]
         if pending.shape[0] == 0:  # a host synchronisation; usually after the first proposal
             return chosen
-        rows_probs = probs.index_select(0, pending)
-    threshold = _nucleus_threshold(rows_probs, limit[pending])
+        rows_probs, rows_max = probs.index_select(0, pending), block_max.index_select(0, pending)
+    threshold = _nucleus_threshold(rows_probs, rows_max, limit[pending])
     kept = torch.where(rows_probs >= threshold, tempered.index_select(0, pending), 0.0)
     kept_cdf = _blocks(kept).sum(dim=-1).double().cumsum(dim=-1)
     chosen[pending] = _invert(kept, kept_cdf, uniforms[pending, _PROPOSALS:]).squeeze(1)
