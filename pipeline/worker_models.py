@@ -6,8 +6,14 @@ describes the loaded models in config.json. Only spec strings cross process boun
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+
 from pipeline.reinforce_shard import ShardModels
 from pipeline.settings import ReinforceSettings
+
+_LOG = logging.getLogger(__name__)
 
 
 def worker_device(requested: str) -> str:
@@ -26,6 +32,7 @@ def load_models(settings: ReinforceSettings) -> ShardModels:
     from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
 
     device = worker_device(settings.device)
+    start = time.monotonic()
     ensemble = TeacherEnsemble.load(
         list(settings.teachers),
         precision=settings.precision,
@@ -33,6 +40,7 @@ def load_models(settings: ReinforceSettings) -> ShardModels:
         kd_logit_scales=list(settings.kd_logit_scales),
     )
     captioner = Captioner.load(settings.captioner, precision=settings.precision, device=device)
+    _LOG.info("models loaded in process %d on %s in %.1f s", os.getpid(), device, time.monotonic() - start)
     return ShardModels(
         ensemble=ensemble, captioner=captioner, augmenter=ViewAugmenter.from_config(DATACOMPDR_AUGMENTATION)
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -111,7 +112,7 @@ def test_portable_runner_loopback_and_external_worker_pool(tmp_path, job_input, 
     assert_same_outputs(reference_run, tmp_path / "external", job)
 
 
-def test_dask_runner_on_a_local_scheduler_and_worker(tmp_path, job_input, reference_run, job):
+def test_dask_scheduler_and_two_worker_processes_share_the_shards(tmp_path, job_input, reference_run, job):
     distributed = pytest.importorskip("distributed")
     port = free_port()
     scheduler = [
@@ -124,23 +125,27 @@ def test_dask_runner_on_a_local_scheduler_and_worker(tmp_path, job_input, refere
         "--no-dashboard",
     ]
     address = f"tcp://127.0.0.1:{port}"
-    worker = [f"{VENV_BIN}/dask", "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
+    worker = [f"{VENV_BIN}/dask", "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"]
+    # The workers log our INFO lines too, among them one "models loaded in process PID" per model load.
+    (tmp_path / "dask-config").mkdir()
+    (tmp_path / "dask-config" / "logging.yaml").write_text("distributed:\n  logging:\n    pipeline: info\n")
+    env = dict(os.environ, DASK_CONFIG=str(tmp_path / "dask-config"))
+    worker_log = tmp_path / "worker.log"
     with service(scheduler, port, tmp_path / "scheduler.log"):
         worker_process = subprocess.Popen(
-            worker,
-            stdout=(tmp_path / "worker.log").open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            worker, stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         try:
             with distributed.Client(address, timeout=60) as client:
-                client.wait_for_workers(1, timeout=90)
+                client.wait_for_workers(2, timeout=120)
             extra = ["--runner", "DaskRunner", "--dask_client_address", address]
             assert main(job.args(job_input[0], tmp_path / "out", *extra)) == 0
         finally:
             os.killpg(worker_process.pid, signal.SIGTERM)
             worker_process.wait(timeout=30)
     assert_same_outputs(reference_run, tmp_path / "out", job)
+    loads = re.findall(r"models loaded in process (\d+)", worker_log.read_text())
+    assert len(loads) == 2 and len(set(loads)) == 2, f"one load in each worker process, got {loads}"
 
 
 def test_s3_in_and_out(tmp_path, job_input, reference_run, job):
