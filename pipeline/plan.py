@@ -8,9 +8,9 @@ cost, output size, and the stage that bounds the run. The last line printed is o
 Each stage is timed in the shapes the job uses: teachers on `--batch-size` views and texts,
 the captioner on the job's caption groups, after a warm-up call of the models' smallest fixed shape
 (their micro-batch). When that call says two whole batches would take over 40 s, as with ViT-L-14 on
-a CPU, the micro-batch is what is timed, scaled per row: model time is linear in rows. A worker's
-time per sample is the sum of the stages on a CPU (they share its cores); on a GPU, decoding and
-augmenting run on the CPU beside the models.
+a CPU, one more micro-batch is what is timed, scaled per row: model time is linear in rows. A
+worker's time per sample is the models' and the writer's, or decoding and augmenting when they are
+slower: the job runs those in a helper thread ahead of the models.
 Run `--device cuda` on the GPU machine itself.
 """
 
@@ -181,17 +181,19 @@ def _timed(call: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def _per_row(rows: list[Any], micro: int, batch: int, run: Callable[[list[Any]], Any]) -> tuple[float, str]:
-    """Seconds per row of `run`. One micro-batch first (warm-up and estimate); when two of the job's
-    whole batches would take under STAGE_BUDGET_SECONDS, those are timed instead, cycling `rows`."""
+    """Seconds per row of `run`, warm. A first, untimed call of one micro-batch warms the model up and
+    estimates; then two of the job's whole batches are timed when they fit in STAGE_BUDGET_SECONDS,
+    else one more micro-batch."""
 
     def take(count: int, offset: int) -> list[Any]:
         return [rows[(offset + i) % len(rows)] for i in range(count)]
 
-    seconds, _ = _timed(lambda: run(take(micro, 0)))
-    if 2 * seconds * batch / micro > STAGE_BUDGET_SECONDS:
-        return seconds / micro, f"1 call of {micro} (its micro-batch), scaled per row"
+    warm_up, _ = _timed(lambda: run(take(micro, 0)))
+    if 2 * warm_up * batch / micro > STAGE_BUDGET_SECONDS:
+        seconds, _ = _timed(lambda: run(take(micro, micro)))
+        return seconds / micro, f"1 call of {micro} (its micro-batch) after a warm-up, per row"
     total = sum(_timed(lambda k=k: run(take(batch, k * batch)))[0] for k in range(2))
-    return total / (2 * batch), f"2 calls of {batch} (the job's batch)"
+    return total / (2 * batch), f"2 calls of {batch} (the job's batch) after a warm-up"
 
 
 def calibrate(settings: ReinforceSettings, models: Any, samples: list[Any]) -> Calibration:
@@ -284,28 +286,35 @@ def extrapolate(
 ) -> dict[str, Any]:
     stages = calibration.seconds_per_sample
     models = stages["captioner"] + stages["teachers on views"] + stages["teachers on texts"]
-    if device.startswith("cuda"):  # the CPU decodes and augments while the GPU runs the models
-        per_sample = max(stages["decode + augment"], models) + stages["write"]
-    else:  # every stage takes its turn on the same cores
-        per_sample = sum(stages.values())
+    # The job decodes and augments in a helper thread, ahead of the models (reinforce_shard.read_ahead).
+    per_sample = max(stages["decode + augment"], models + stages["write"])
     samples_per_s = 1.0 / per_sample
     worker_hours = samples / samples_per_s / 3600
-    bottleneck = max(stages, key=lambda stage: stages[stage])
+    main_thread = [stage for stage in stages if stage != "decode + augment"]
+    bottleneck = (
+        "decode + augment"
+        if stages["decode + augment"] > models + stages["write"]
+        else max(main_thread, key=lambda stage: stages[stage])
+    )
     figures = {
         "samples": samples,
         "workers": workers,
         "device": device,
-        "samples_per_s": round(samples_per_s, 5),
-        "wall_hours": round(worker_hours / workers, 4),
-        "worker_hours": round(worker_hours, 4),
+        "samples_per_s": _significant(samples_per_s),
+        "wall_hours": _significant(worker_hours / workers),
+        "worker_hours": _significant(worker_hours),
         "bytes_per_sample": round(calibration.bytes_per_sample),
-        "output_tb": round(calibration.bytes_per_sample * samples / 1e12, 4),
+        "output_bytes": round(calibration.bytes_per_sample * samples),
         "bottleneck": bottleneck,
-        "seconds_per_sample": {stage: round(value, 6) for stage, value in stages.items()},
+        "seconds_per_sample": {stage: _significant(value) for stage, value in stages.items()},
     }
     if price is not None:
         figures["cost"] = round(worker_hours * price, 2)
     return figures
+
+
+def _significant(value: float) -> float:
+    return float(f"{value:.6g}")
 
 
 def _duration(hours: float) -> str:
@@ -341,7 +350,7 @@ def report(settings: ReinforceSettings, calibration: Calibration, figures: dict[
             else ""
         ),
         f"  output:      {figures['bytes_per_sample'] / 1e3:.1f} kB per sample, "
-        f"{figures['output_tb'] * 1e3:,.2f} GB in all (tar + parquet)",
+        f"{figures['output_bytes'] / 1e9:,.2f} GB in all (tar + parquet)",
     ]
     return "\n".join(lines)
 

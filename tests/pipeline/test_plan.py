@@ -36,12 +36,18 @@ def test_extrapolation_follows_the_slowest_stage_and_the_workers():
         },
         bytes_per_sample=1000.0, samples=8, how={},
     )  # fmt: skip
-    cpu = plan.extrapolate(calibration, samples=3600, workers=4, device="cpu", price=2.0)
-    assert cpu["samples_per_s"] == pytest.approx(0.25) and cpu["bottleneck"] == "captioner"
-    assert cpu["worker_hours"] == pytest.approx(4.0) and cpu["wall_hours"] == pytest.approx(1.0)
-    assert cpu["cost"] == pytest.approx(8.0) and cpu["output_tb"] == pytest.approx(3.6e-6)
-    gpu = plan.extrapolate(calibration, samples=3600, workers=4, device="cuda", price=None)
-    assert gpu["samples_per_s"] == pytest.approx(1 / 3.5)  # decoding overlaps the models on a GPU
+    # decoding and augmenting overlap the models: 2 + 1 + 0.25 + 0.25 = 3.5 s per sample
+    cpu = plan.extrapolate(calibration, samples=3500, workers=4, device="cpu", price=2.0)
+    assert cpu["samples_per_s"] == pytest.approx(1 / 3.5, rel=1e-4) and cpu["bottleneck"] == "captioner"
+    assert cpu["worker_hours"] == pytest.approx(3500 * 3.5 / 3600, rel=1e-4)
+    assert cpu["wall_hours"] == pytest.approx(cpu["worker_hours"] / 4, rel=1e-4)
+    assert cpu["cost"] == pytest.approx(2.0 * cpu["worker_hours"], rel=1e-3)
+    assert cpu["output_bytes"] == 3_500_000
+    slow_decoding = dict(calibration.seconds_per_sample, **{"decode + augment": 5.0})
+    gpu = plan.extrapolate(
+        plan.Calibration(slow_decoding, 1000.0, 8, {}), samples=3500, workers=4, device="cuda", price=None
+    )
+    assert gpu["samples_per_s"] == pytest.approx(0.2, rel=1e-4) and gpu["bottleneck"] == "decode + augment"
 
 
 @pytest.mark.slow
