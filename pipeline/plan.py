@@ -7,8 +7,9 @@ cost, output size, and the stage that bounds the run. The last line printed is o
 
 Each stage is timed in the shapes the job uses: teachers on `--batch-size` views and texts,
 the captioner on the job's caption groups, after a warm-up call of the models' smallest fixed shape
-(their micro-batch). When that call says two whole batches would take over 40 s, as with ViT-L-14 on
-a CPU, one more micro-batch is what is timed, scaled per row: model time is linear in rows. A
+(their micro-batch), for at least 20 s per stage. When the warm-up says two whole batches would
+take over 40 s, as with ViT-L-14 on a CPU, micro-batches are what is timed (one, if it takes 20 s),
+scaled per row: model time is linear in rows. A
 worker's time per sample is the models' and the writer's, or decoding and augmenting when they are
 slower: the job runs those in a helper thread ahead of the models.
 Run `--device cuda` on the GPU machine itself.
@@ -32,7 +33,8 @@ from pipeline.presets import PRESETS, tiny_checkpoint_root
 from pipeline.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, ReinforceSettings
 
 BUNDLED_SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "raw"
-STAGE_BUDGET_SECONDS = 40.0  # time whole job batches of a stage when they fit in this
+STAGE_BUDGET_SECONDS = 40.0  # time whole job batches of a stage when two fit in this
+TIMED_SECONDS = 20.0  # per stage, at least this long (or one call)
 STAGES = ("decode + augment", "captioner", "teachers on views", "teachers on texts", "write")
 EXIT_CONFIG = 2
 
@@ -182,18 +184,22 @@ def _timed(call: Callable[[], Any]) -> tuple[float, Any]:
 
 def _per_row(rows: list[Any], micro: int, batch: int, run: Callable[[list[Any]], Any]) -> tuple[float, str]:
     """Seconds per row of `run`, warm. A first, untimed call of one micro-batch warms the model up and
-    estimates; then two of the job's whole batches are timed when they fit in STAGE_BUDGET_SECONDS,
-    else one more micro-batch."""
+    estimates; then the job's whole batches (or micro-batches, when two batches would not fit in
+    STAGE_BUDGET_SECONDS) are timed, call after call, for at least TIMED_SECONDS: a shared machine's
+    noise averages out over many calls, and one call is all a slow model gets."""
 
     def take(count: int, offset: int) -> list[Any]:
         return [rows[(offset + i) % len(rows)] for i in range(count)]
 
     warm_up, _ = _timed(lambda: run(take(micro, 0)))
-    if 2 * warm_up * batch / micro > STAGE_BUDGET_SECONDS:
-        seconds, _ = _timed(lambda: run(take(micro, micro)))
-        return seconds / micro, f"1 call of {micro} (its micro-batch) after a warm-up, per row"
-    total = sum(_timed(lambda k=k: run(take(batch, k * batch)))[0] for k in range(2))
-    return total / (2 * batch), f"2 calls of {batch} (the job's batch) after a warm-up"
+    unit = micro if 2 * warm_up * batch / micro > STAGE_BUDGET_SECONDS else batch
+    calls, total = 0, 0.0
+    while calls == 0 or total < TIMED_SECONDS:
+        chunk = take(unit, micro + calls * unit)
+        total += _timed(lambda chunk=chunk: run(chunk))[0]
+        calls += 1
+    what = "its micro-batch" if unit == micro and unit != batch else "the job's batch"
+    return total / (calls * unit), f"{calls} call(s) of {unit} ({what}) after a warm-up"
 
 
 def calibrate(settings: ReinforceSettings, models: Any, samples: list[Any]) -> Calibration:

@@ -144,8 +144,11 @@ def test_dask_scheduler_and_two_worker_processes_share_the_shards(tmp_path, job_
             os.killpg(worker_process.pid, signal.SIGTERM)
             worker_process.wait(timeout=30)
     assert_same_outputs(reference_run, tmp_path / "out", job)
-    loads = re.findall(r"models loaded in process (\d+)", worker_log.read_text())
-    assert len(loads) == 2 and len(set(loads)) == 2, f"one load in each worker process, got {loads}"
+    log = worker_log.read_text()
+    loads = re.findall(r"models loaded in process (\d+)", log)
+    assert len(loads) == 2 and len(set(loads)) == 2, (
+        f"one load in each worker process, got {loads}:\n{log[-4000:]}"
+    )
 
 
 def test_s3_in_and_out(tmp_path, job_input, reference_run, job):
