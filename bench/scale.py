@@ -312,12 +312,6 @@ def main(argv: list[str] | None = None) -> None:
         seconds = figures[f"{backend}_seconds"]
         log(f"target: {backend} at {largest} shards: {seconds:.1f} s (<= {limit} s at 65,536)")
     figures["peak_rss_mb"] = max(figures[f"{b}_peak_rss_mb"] for b in backends)
-    if "local" in backends:
-        log(
-            f"targets at {largest}: local {figures['local_seconds']:.1f} s (<= 60)",
-        )
-    if "s3" in backends:
-        log(f"targets at {largest}: s3 {figures['s3_seconds']:.1f} s (<= 300)")
     log(f"peak RSS {figures['peak_rss_mb']:.0f} MB (<= 1024)")
     print(json.dumps(figures, sort_keys=True))
 
