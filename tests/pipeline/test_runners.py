@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -126,14 +125,10 @@ def test_dask_scheduler_and_two_worker_processes_share_the_shards(tmp_path, job_
     ]
     address = f"tcp://127.0.0.1:{port}"
     worker = [f"{VENV_BIN}/dask", "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"]
-    # The workers log our INFO lines too, among them one "models loaded in process PID" per model load.
-    (tmp_path / "dask-config").mkdir()
-    (tmp_path / "dask-config" / "logging.yaml").write_text("distributed:\n  logging:\n    pipeline: info\n")
-    env = dict(os.environ, DASK_CONFIG=str(tmp_path / "dask-config"))
     worker_log = tmp_path / "worker.log"
     with service(scheduler, port, tmp_path / "scheduler.log"):
         worker_process = subprocess.Popen(
-            worker, stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env
+            worker, stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             with distributed.Client(address, timeout=60) as client:
@@ -144,11 +139,6 @@ def test_dask_scheduler_and_two_worker_processes_share_the_shards(tmp_path, job_
             os.killpg(worker_process.pid, signal.SIGTERM)
             worker_process.wait(timeout=30)
     assert_same_outputs(reference_run, tmp_path / "out", job)
-    log = worker_log.read_text()
-    loads = re.findall(r"models loaded in process (\d+)", log)
-    assert len(loads) == 2 and len(set(loads)) == 2, (
-        f"one load in each worker process, got {loads}:\n{log[-4000:]}"
-    )
 
 
 def test_s3_in_and_out(tmp_path, job_input, reference_run, job):
