@@ -25,6 +25,7 @@ from beam_jobs.runners import (
     create_runner,
     is_local,
     local_worker_processes,
+    with_runner_defaults,
 )
 from pipeline.progress import ShardProgress
 from pipeline.reinforce_shard import ShardModels
@@ -92,6 +93,17 @@ def find_input_shards(pattern: str, flag: str = "--input") -> list[str]:
     return paths
 
 
+def pending_inputs(output_dir: str, inputs: list[str]) -> list[str]:
+    """The inputs whose shard is not committed yet, cleared of what a killed attempt left behind.
+
+    Two listings of the output folder whatever the number of shards (bench/scale.py measures it).
+    """
+    done = committed_shards(output_dir)
+    pending = [path for path in inputs if shard_name(path) not in done]
+    remove_stale_temporaries(output_dir, [shard_name(path) for path in pending])
+    return pending
+
+
 def describe_run(settings: ReinforceSettings, models: Any) -> dict[str, Any]:
     from transforms import PARAM_AUG_VERSION
 
@@ -115,7 +127,7 @@ def beam_options(beam_args: list[str]) -> PipelineOptions:
             f"unknown arguments {' '.join(unusable)} (not ours, not Beam's; see --help). "
             "Quote globs so the shell leaves them alone: --input 'raw/*.tar'"
         )
-    options = PipelineOptions(beam_args)
+    options = PipelineOptions(with_runner_defaults(beam_args))
     storage.use_filesystem_options(options)
     return options
 
@@ -187,10 +199,7 @@ def _run_held(
     )
     output_dir = settings.output_dir
     shards = [shard_name(p) for p in inputs]
-    done = committed_shards(output_dir)
-    pending = [p for p in inputs if shard_name(p) not in done]
-    for path in pending:  # a killed earlier holder may have left temporaries of these shards behind
-        remove_stale_temporaries(output_dir, shard_name(path))
+    pending = pending_inputs(output_dir, inputs)
     _LOG.info(
         "%d input shards, %d already done, %d to do", len(inputs), len(inputs) - len(pending), len(pending)
     )

@@ -60,6 +60,18 @@ def create_runner(options: PipelineOptions) -> Any:
     return name
 
 
+def with_runner_defaults(beam_args: list[str]) -> list[str]:
+    """Beam's Dask runner packs 128 elements into one task and ignores Reshuffle, so a small run would
+    go to one worker and a large one would end on a few workers' last batches of shards. One shard is
+    minutes to hours of work: unless the user chose otherwise, each shard is its own Dask task."""
+    options = PipelineOptions(beam_args)
+    if runner_name(options) != DASK or any(
+        arg.startswith(("--dask_npartitions", "--dask_partition_size")) for arg in beam_args
+    ):
+        return beam_args
+    return [*beam_args, "--dask_partition_size", "1"]
+
+
 def local_worker_processes(options: PipelineOptions) -> int:
     """How many worker processes a local run starts on this machine."""
     direct = options.view_as(DirectOptions)

@@ -89,7 +89,7 @@ class ShardModels:
 
 
 @dataclasses.dataclass
-class _Prepared:
+class PreparedSample:
     raw: RawSample
     image: Image.Image
     params: list[Any]
@@ -206,13 +206,13 @@ def _timed_reads(items: Iterator[RawSample | SkippedSample]) -> Iterator[tuple[A
 
 def _prepare_item(
     settings: ReinforceSettings, augmenter: Augmenter, entry: tuple[Any, dict[str, float]]
-) -> tuple[_Prepared | SkippedSample, dict[str, float]]:
+) -> tuple[PreparedSample | SkippedSample, dict[str, float]]:
     """Decode and augment one raw sample (in this process or a feed process); bad ones become skips."""
     item, seconds = entry
     if not isinstance(item, RawSample):
         return item, seconds
     try:
-        return _prepare(item, settings, augmenter, seconds), seconds
+        return prepare_sample(item, settings, augmenter, seconds), seconds
     except (BadImageError, AugmentationError) as exc:
         return SkippedSample(item.key, skip_reason_for_image_error(exc), str(exc)[:200]), seconds
     except Exception as exc:  # an image no check foresaw must cost one sample, not the shard
@@ -264,9 +264,9 @@ def read_ahead(
         worker.join()
 
 
-def _prepare(
+def prepare_sample(
     raw: RawSample, settings: ReinforceSettings, augmenter: Augmenter, seconds: dict[str, float]
-) -> _Prepared:
+) -> PreparedSample:
     start = time.perf_counter()
     image = decode_image(raw.image, max_pixels=settings.max_image_pixels)
     decoded = time.perf_counter()
@@ -277,7 +277,7 @@ def _prepare(
     view_sha = [view_fingerprint(view) for view in views]
     views = views.numpy()  # plain arrays cross from feed processes without torch's shared memory
     seconds["augment"] = time.perf_counter() - decoded
-    return _Prepared(raw=raw, image=image, params=params, views=views, view_sha=view_sha)
+    return PreparedSample(raw=raw, image=image, params=params, views=views, view_sha=view_sha)
 
 
 class FixedBatches:
@@ -337,9 +337,9 @@ class _SampleStream:
         self._skip = skip
         self._clock = clock
         self._on_batch = on_batch
-        self._group: list[_Prepared] = []
+        self._group: list[PreparedSample] = []
         self.group_size = caption_group_size(settings.caption_group, models.captioner)
-        self._waiting: deque[tuple[_Prepared, list[str]]] = deque()  # captioned, embeddings pending
+        self._waiting: deque[tuple[PreparedSample, list[str]]] = deque()  # captioned, embeddings pending
         self._images = FixedBatches(settings.batch_size, self._embed_images, None)
         self._texts = FixedBatches(settings.batch_size, self._embed_texts, "")
 
@@ -351,7 +351,7 @@ class _SampleStream:
         with self._clock.stage("embed_texts"):
             return embed_text_rows(self._models.ensemble, texts)
 
-    def add(self, prepared: _Prepared) -> None:
+    def add(self, prepared: PreparedSample) -> None:
         self._group.append(prepared)
         if len(self._group) == self.group_size:
             self._caption_group()
@@ -391,7 +391,7 @@ class _SampleStream:
             text_emb = self._texts.take(rows)
             with self._clock.stage("write"):
                 self._writer.write(
-                    _reinforced_sample(
+                    reinforced_sample(
                         prepared,
                         captions,
                         image_emb=image_emb,
@@ -405,8 +405,8 @@ class _SampleStream:
             self._on_batch(written)
 
 
-def _reinforced_sample(
-    prepared: _Prepared,
+def reinforced_sample(
+    prepared: PreparedSample,
     captions: list[str],
     *,
     image_emb: np.ndarray,

@@ -8,6 +8,8 @@ describes the loaded models in config.json. Only spec strings cross process boun
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
 import torch
@@ -52,6 +54,7 @@ def load_models(settings: ReinforceSettings, *, describe_only: bool = False) -> 
     from teachers.ensemble import CPU_MICRO_BATCHES, CUDA_MICRO_BATCHES, TeacherEnsemble
     from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
 
+    start = time.monotonic()
     device, facts = _device(settings.device, describe_only)
     kind = run_device_kind(settings.device, device.type)
     images, texts = CUDA_MICRO_BATCHES if kind == "cuda" else CPU_MICRO_BATCHES
@@ -64,6 +67,7 @@ def load_models(settings: ReinforceSettings, *, describe_only: bool = False) -> 
         text_micro_batch=texts,
     )
     captioner = Captioner.load(settings.captioner, precision=settings.precision, device=str(device))
+    _LOG.info("models loaded in process %d on %s in %.1f s", os.getpid(), device, time.monotonic() - start)
     return ShardModels(
         ensemble=ensemble,
         captioner=captioner,

@@ -57,15 +57,29 @@ def output_paths(output_dir: str, shard: str) -> dict[str, str]:
     }
 
 
-def remove_stale_temporaries(output_dir: str, shard: str) -> int:
-    """Delete what a killed attempt at an unfinished shard left half-written (hidden `.NAME.tmp-*` files).
+def remove_stale_temporaries(output_dir: str, shards: Iterable[str]) -> int:
+    """Delete what killed attempts at these (unfinished) shards left half-written (hidden
+    `.NAME.tmp-*` files). One listing of the folder, however many shards.
 
     Only the holder of the folder's lease may call this: another live job's temporaries look the same.
     """
-    stale = storage.match(storage.join(output_dir, f".{shard}[._]*.tmp-*"))
-    for path in stale:
-        storage.delete(path)
+    wanted = set(shards)
+    stale = [
+        path
+        for path in storage.match(storage.join(output_dir, ".*.tmp-*"))
+        if _temporary_of(storage.basename(path)) in wanted
+    ]
+    storage.delete_all(stale)
     return len(stale)
+
+
+def _temporary_of(name: str) -> str | None:
+    """The shard a `.NNNNNNNN.tar.tmp-*` / `.NNNNNNNN_stats.json.tmp-*` file belongs to."""
+    final = name[1:].rsplit(".tmp-", 1)[0]
+    for suffix in (".tar", ".parquet", ERRORS_SUFFIX, STATS_SUFFIX):
+        if final.endswith(suffix):
+            return final[: -len(suffix)]
+    return None
 
 
 def _skip_json(record: SkippedSample) -> str:
@@ -204,10 +218,13 @@ def committed_stats(output_dir: str, shards: list[str]) -> dict[str, ShardStats]
     """The stats of every committed shard among `shards` (this run's and earlier runs')."""
     done = committed_shards(output_dir)
     wanted = [shard for shard in shards if shard in done]
+
+    def load(shard: str) -> ShardStats:  # listed just now: read it without asking whether it exists
+        return ShardStats.from_dict(json.loads(storage.read_text(output_paths(output_dir, shard)["stats"])))
+
     # Many small reads from an object store: overlap their latency.
     with ThreadPoolExecutor(max_workers=16) as pool:
-        loaded = pool.map(lambda shard: read_shard_stats(output_dir, shard), wanted)
-        return {shard: stats for shard, stats in zip(wanted, loaded, strict=True) if stats is not None}
+        return dict(zip(wanted, pool.map(load, wanted), strict=True))
 
 
 def finalize_run(output_dir: str, shards: list[str]) -> RunSummary:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import posixpath
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from shards.remote_access import check_cli_remote_access
 
@@ -39,6 +40,8 @@ def match(pattern: str) -> list[str]:
 
 
 def exists(path: str) -> bool:
+    if _is_s3_object(path):
+        return _s3_object_exists(path)
     return FileSystems.exists(path)
 
 
@@ -59,6 +62,9 @@ def open_read(path: str) -> BinaryIO:
 
 
 def read_bytes(path: str) -> bytes:
+    if _is_s3_object(path):
+        bucket, key = _s3_bucket_key(path)
+        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     with open_read(path) as f:
         return f.read()
 
@@ -71,6 +77,12 @@ def delete(path: str) -> None:
     """Delete a file; a missing one is not an error."""
     if FileSystems.exists(path):
         FileSystems.delete([path])
+
+
+def delete_all(paths: list[str]) -> None:
+    """Delete existing files in one call (on S3, one request per 1,000 keys)."""
+    if paths:
+        FileSystems.delete(paths)
 
 
 def create_temporary(path: str) -> tuple[str, BinaryIO]:
@@ -116,12 +128,79 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 
 def _put_empty_s3_object(path: str) -> None:
     """Beam's S3 writer cannot make an empty object (it completes a multipart upload with no parts,
-    which S3 refuses), so a zero-byte file is one plain PUT (atomic on S3) with Beam's own client."""
-    from apache_beam.io.aws.clients.s3 import boto3_client
+    which S3 refuses), so a zero-byte file is one plain PUT (atomic on S3)."""
+    bucket, key = _s3_bucket_key(path)
+    _s3_client().put_object(Bucket=bucket, Key=key, Body=b"")
 
+
+# Beam's S3 filesystem builds a new boto3 session and client for every call (about 0.1-0.5 s of CPU),
+# which dwarfs the request itself when a run reads tens of thousands of small stats files. Small
+# reads and existence checks therefore go through one client per process and S3 settings (boto3
+# clients are thread-safe); listings, streams and writes stay Beam's.
+_S3_CLIENTS: dict[tuple[tuple[str, str], ...], Any] = {}
+_S3_CLIENTS_LOCK = threading.Lock()
+
+
+_S3_SETTINGS = (
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_session_token",
+    "s3_endpoint_url",
+    "s3_region_name",
+    "s3_api_version",
+    "s3_verify",
+    "s3_disable_ssl",
+)  # fmt: skip  (what Beam's boto3 client is built from)
+
+
+def _is_s3_object(path: str) -> bool:
+    """An `s3://bucket/key` path naming an object (not a bucket or a folder)."""
+    bucket, key = _s3_bucket_key(path)
+    return path.startswith("s3://") and bool(bucket) and bool(key) and not key.endswith("/")
+
+
+def _s3_bucket_key(path: str) -> tuple[str, str]:
     bucket, _, key = path.removeprefix("s3://").partition("/")
-    options = FileSystems.get_filesystem(path)._options
-    boto3_client.Client(options=options).client.put_object(Bucket=bucket, Key=key, Body=b"")
+    return bucket, key
+
+
+def _s3_client() -> Any:
+    """This process's boto3 S3 client for the filesystem options in force, built from the same
+    options as Beam's, with a connection pool as large as the thread pools that share it."""
+    import boto3
+    from botocore.config import Config
+
+    options = FileSystems._pipeline_options or PipelineOptions([])
+    s3 = options.view_as(S3Options)
+    key = tuple((name, str(getattr(s3, name))) for name in _S3_SETTINGS)
+    with _S3_CLIENTS_LOCK:
+        if key not in _S3_CLIENTS:
+            _S3_CLIENTS[key] = boto3.session.Session().client(
+                "s3",
+                region_name=s3.s3_region_name,
+                api_version=s3.s3_api_version,
+                use_ssl=not s3.s3_disable_ssl,
+                verify=s3.s3_verify,
+                endpoint_url=s3.s3_endpoint_url,
+                aws_access_key_id=s3.s3_access_key_id,
+                aws_secret_access_key=s3.s3_secret_access_key,
+                aws_session_token=s3.s3_session_token,
+                config=Config(max_pool_connections=32),
+            )
+        return _S3_CLIENTS[key]
+
+
+def _s3_object_exists(path: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    bucket, key = _s3_bucket_key(path)
+    try:
+        _s3_client().head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
 
 
 def write_text_atomic(path: str, text: str) -> None:

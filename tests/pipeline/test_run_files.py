@@ -17,6 +17,7 @@ from shards.run_folder import (
     finalize_run,
     output_paths,
     read_shard_stats,
+    remove_stale_temporaries,
     shard_name,
     write_shard_outcome,
 )
@@ -131,6 +132,19 @@ def test_stats_commit_a_shard_and_feed_manifest_and_summary(tmp_path):
     assert (tmp_path / "manifest.jsonl").read_text() == '{"shard": "00000007", "num_samples": 3}\n'
     assert summary.missing_shards == ["00000009"] and summary.num_written == 3 and summary.num_skipped == 2
     assert output_paths(out, "00000007")["tar"].endswith("00000007.tar")
+
+
+def test_stale_temporaries_of_unfinished_shards_only_are_removed(tmp_path):
+    left_behind = [
+        ".00000001.tar.tmp-aa", ".00000001.parquet.tmp-bb", ".00000001_stats.json.tmp-cc",
+        ".00000002_errors.jsonl.tmp-dd", ".00000003.tar.tmp-ee", ".manifest.jsonl.tmp-ff",
+    ]  # fmt: skip
+    for name in [*left_behind, "00000003.tar", "00000003_stats.json"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temporaries(str(tmp_path), ["00000001", "00000002"]) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".00000003.tar.tmp-ee", ".manifest.jsonl.tmp-ff", "00000003.tar", "00000003_stats.json",
+    ]  # fmt: skip
 
 
 def test_flags_override_the_preset():

@@ -111,7 +111,7 @@ def test_portable_runner_loopback_and_external_worker_pool(tmp_path, job_input, 
     assert_same_outputs(reference_run, tmp_path / "external", job)
 
 
-def test_dask_runner_on_a_local_scheduler_and_worker(tmp_path, job_input, reference_run, job):
+def test_dask_scheduler_and_two_worker_processes_share_the_shards(tmp_path, job_input, reference_run, job):
     distributed = pytest.importorskip("distributed")
     port = free_port()
     scheduler = [
@@ -124,17 +124,15 @@ def test_dask_runner_on_a_local_scheduler_and_worker(tmp_path, job_input, refere
         "--no-dashboard",
     ]
     address = f"tcp://127.0.0.1:{port}"
-    worker = [f"{VENV_BIN}/dask", "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
+    worker = [f"{VENV_BIN}/dask", "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"]
+    worker_log = tmp_path / "worker.log"
     with service(scheduler, port, tmp_path / "scheduler.log"):
         worker_process = subprocess.Popen(
-            worker,
-            stdout=(tmp_path / "worker.log").open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            worker, stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             with distributed.Client(address, timeout=60) as client:
-                client.wait_for_workers(1, timeout=90)
+                client.wait_for_workers(2, timeout=120)
             extra = ["--runner", "DaskRunner", "--dask_client_address", address]
             assert main(job.args(job_input[0], tmp_path / "out", *extra)) == 0
         finally:

@@ -1,0 +1,79 @@
+"""`python -m pipeline.plan`: a prediction a user can trust before renting machines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import plan
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_sample_counts_read_like_dataset_names():
+    assert plan.parse_count("12.8M") == 12_800_000
+    assert plan.parse_count("1.28B") == 1_280_000_000
+    assert plan.parse_count("400k") == 400_000
+    assert plan.parse_count("1e6") == 1_000_000
+    with pytest.raises(Exception, match="not a sample count"):
+        plan.parse_count("many")
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    pytest.importorskip("torch").cuda.is_available() and pytest.skip("this machine has CUDA")
+    assert plan.main(["--preset", "tiny", "--samples", "1M", "--device", "cuda"]) == plan.EXIT_CONFIG
+    assert "run pipeline.plan on the GPU machine" in capsys.readouterr().err
+
+
+def test_extrapolation_follows_the_slowest_stage_and_the_workers():
+    calibration = plan.Calibration(
+        seconds_per_sample={
+            "decode + augment": 0.5, "captioner": 2.0, "teachers on views": 1.0,
+            "teachers on texts": 0.25, "write": 0.25,
+        },
+        bytes_per_sample=1000.0, samples=8, how={},
+    )  # fmt: skip
+    # decoding and augmenting overlap the models: 2 + 1 + 0.25 + 0.25 = 3.5 s per sample
+    cpu = plan.extrapolate(calibration, samples=3500, workers=4, device="cpu", price=2.0)
+    assert cpu["samples_per_s"] == pytest.approx(1 / 3.5, rel=1e-4) and cpu["bottleneck"] == "captioner"
+    assert cpu["worker_hours"] == pytest.approx(3500 * 3.5 / 3600, rel=1e-4)
+    assert cpu["wall_hours"] == pytest.approx(cpu["worker_hours"] / 4, rel=1e-4)
+    assert cpu["cost"] == pytest.approx(2.0 * cpu["worker_hours"], rel=1e-3)
+    assert cpu["output_bytes"] == 3_500_000
+    slow_decoding = dict(calibration.seconds_per_sample, **{"decode + augment": 5.0})
+    gpu = plan.extrapolate(
+        plan.Calibration(slow_decoding, 1000.0, 8, {}), samples=3500, workers=4, device="cuda", price=None
+    )
+    assert gpu["samples_per_s"] == pytest.approx(0.2, rel=1e-4) and gpu["bottleneck"] == "decode + augment"
+
+
+@pytest.mark.slow
+def test_the_tiny_plan_predicts_the_tiny_job_within_25_percent(tmp_path, capsys):
+    """Plan and job back to back (the machine is shared): the job on 96 samples, enough that Beam's
+    start-up seconds weigh little against the per-sample work the plan predicts."""
+    from beam_jobs.reinforce_job import run_job
+    from bench.pipeline import bundled_samples, write_raw_shard
+    from pipeline.reinforce_args import parse, settings_from_args
+
+    assert plan.main(["--preset", "tiny", "--samples", "10k", "--workers", "2"]) == 0
+    predicted = last_json(capsys.readouterr().out)
+    assert predicted["weights"] == "own" and predicted["bytes_per_sample"] > 0
+    assert predicted["wall_hours"] == pytest.approx(predicted["worker_hours"] / 2, rel=1e-3)
+
+    raw = write_raw_shard(tmp_path / "raw" / "00000000.tar", 96, bundled_samples()).parent
+    args, beam_args = parse(
+        ["--input", f"{raw}/*.tar", "--output", str(tmp_path / "out"), "--preset", "tiny"]
+    )
+    outcome = run_job(settings_from_args(args), beam_args, show_progress=False)
+    measured = outcome.written_this_run / outcome.wall_seconds
+    written = sum(
+        p.stat().st_size for p in (tmp_path / "out").glob("00000000.*") if p.suffix in (".tar", ".parquet")
+    )
+    rate, size = predicted["samples_per_s"], predicted["bytes_per_sample"]
+    print(f"plan {rate:.4f} samples/s, job {measured:.4f}; plan {size} B/sample, job {written / 96:.0f}")
+    assert outcome.written_this_run == 96
+    assert predicted["samples_per_s"] == pytest.approx(measured, rel=0.25)
+    assert predicted["bytes_per_sample"] == pytest.approx(written / 96, rel=0.25)
