@@ -148,6 +148,7 @@ def output_files(folder: Path) -> dict[str, bytes]:
             stats = json.loads(data)
             stats.pop("seconds")
             stats.pop("input")  # the input path differs when the same shards are read from elsewhere
+            stats.pop("device", None)  # which machine and GPU a worker had, like its timings
             data = json.dumps(stats, sort_keys=True).encode()
         elif path.name == "summary.json":
             continue  # run totals with wall-clock seconds; its counts are checked through the stats files
