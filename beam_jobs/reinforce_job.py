@@ -114,7 +114,7 @@ def describe_run(settings: ReinforceSettings, models: Any) -> dict[str, Any]:
         # the augmenter's canonical config: every default spelled out, loadable by the public trainer
         image_augmentation=models.augmenter.config,
         param_aug_version=PARAM_AUG_VERSION,
-        device_kind=run_device_kind(settings.device, models.device.get("kind")),
+        device_kind=run_device_kind(settings.device),
     )
 
 

@@ -103,6 +103,7 @@ def job_settings(args: argparse.Namespace) -> ReinforceSettings:
         max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
         device=args.device,
         feed_workers=0,  # decoding is timed in this process; the job's helper thread overlaps it
+        allow_device_change=False,
     )
     return settings_from_args(job_args)
 

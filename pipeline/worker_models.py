@@ -24,14 +24,12 @@ from teachers.devices import device_facts, resolve_device
 _LOG = logging.getLogger(__name__)
 
 
-def run_device_kind(requested: str, loaded_on: str | None) -> str:
-    """What config.json records as the run's device: the requested kind, or for `auto` the kind the
-    launcher's own models found (a local run), else "auto" (each worker's is in its shards' stats)."""
+def run_device_kind(requested: str) -> str:
+    """What config.json records as the run's device: cpu, cuda, or auto (each worker decides, and its
+    shards' stats say what it found). It depends on the flags alone, so every runner writes the same."""
     if requested.startswith("cuda"):
         return "cuda"
-    if requested == "cpu":
-        return "cpu"
-    return loaded_on or "auto"
+    return "cpu" if requested == "cpu" else "auto"
 
 
 def _device(requested: str, describe_only: bool) -> tuple[torch.device, dict[str, Any]]:
@@ -56,8 +54,9 @@ def load_models(settings: ReinforceSettings, *, describe_only: bool = False) -> 
 
     start = time.monotonic()
     device, facts = _device(settings.device, describe_only)
-    kind = run_device_kind(settings.device, device.type)
-    images, texts = CUDA_MICRO_BATCHES if kind == "cuda" else CPU_MICRO_BATCHES
+    kind = run_device_kind(settings.device)
+    on_cuda = kind == "cuda" or (kind == "auto" and device.type == "cuda")
+    images, texts = CUDA_MICRO_BATCHES if on_cuda else CPU_MICRO_BATCHES
     ensemble = TeacherEnsemble.load(
         list(settings.teachers),
         precision=settings.precision,

@@ -16,10 +16,10 @@ from shards.run_config import ConfigError, config_bytes, write_or_check_run_conf
 
 def test_the_run_and_every_shard_record_where_the_models_ran(reference_run: Path) -> None:
     config = json.loads((reference_run / "config.json").read_text())
-    assert config["device_kind"] == "cpu"
+    assert config["device_kind"] == "auto"  # the default: each worker takes its GPU if it has one ...
     stats = [json.loads(p.read_text()) for p in sorted(reference_run.glob("*_stats.json"))]
     committed = [s for s in stats if s["num_read"]]
-    assert committed and all(s["device"]["kind"] == "cpu" for s in committed)
+    assert committed and all(s["device"]["kind"] == "cpu" for s in committed)  # ... and says what it found
     assert all("torch" in s["device"] for s in committed)
 
 
@@ -87,9 +87,9 @@ def test_the_launcher_of_a_remote_gpu_run_describes_the_workers_models_without_a
     described = models.ensemble.describe()[0]
     assert (described["micro_batch"], described["text_micro_batch"]) == CUDA_MICRO_BATCHES
     assert models.device == {}
-    assert worker_models.run_device_kind("cuda:1", None) == "cuda"
-    assert worker_models.run_device_kind("auto", None) == "auto"  # remote auto: each worker's own
-    assert worker_models.run_device_kind("auto", "cpu") == "cpu"
+    assert worker_models.run_device_kind("cuda:1") == "cuda"
+    assert worker_models.run_device_kind("cpu") == "cpu"
+    assert worker_models.run_device_kind("auto") == "auto"  # each worker's own, in its stats
 
 
 class _Exited(Exception):

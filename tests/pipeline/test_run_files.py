@@ -71,6 +71,7 @@ def run_config(**overrides) -> dict:
         captioner={"spec": "coca"},
         image_augmentation={"random_resized_crop": {"size": 224}},
         param_aug_version=1,
+        device_kind="cpu",
     )
 
 
