@@ -18,10 +18,9 @@ from pipeline.extend_settings import (
     read_input_config,
 )
 from pipeline.progress import summary_table
-from pipeline.reinforce import EXIT_CONFIG, EXIT_NOTHING_DONE, EXIT_OK
+from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK
 from pipeline.settings import DEFAULT_BATCH_SIZE
 from shards import storage
-from shards.run_config import ConfigError
 from shards.run_folder import ERRORS_SUFFIX
 
 EPILOG = """\
@@ -100,35 +99,27 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from beam_jobs.extend_job import run_extend_job
-    from pipeline.reinforce import failure_advice
-    from shards.remote_access import RemoteAccessError
-    from teachers.devices import DeviceError
-    from teachers.specs import ModelLoadError
+    from pipeline.reinforce import launch
 
-    try:
-        settings = settings_from_args(args)
-        outcome = run_extend_job(settings, beam_args, show_progress=not args.no_progress)
-    except (ConfigError, ModelLoadError, RemoteAccessError, DeviceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except Exception as exc:  # the pipeline failed: committed shards stay, a re-run resumes after them
-        advice, code = failure_advice(exc, args.output)
-        print(f"error: the job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(advice, file=sys.stderr)
+    outcome, code = launch(
+        lambda: run_extend_job(settings_from_args(args), beam_args, show_progress=not args.no_progress),
+        args.output,
+    )
+    if outcome is None:
         return code
     summary = outcome.summary
     if outcome.shards_already_done:
         print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")
-    print(summary_table(summary, settings.output_dir, outcome.wall_seconds, outcome.written_this_run))
+    print(summary_table(summary, args.output, outcome.wall_seconds, outcome.written_this_run))
     if summary.num_written == 0:
         print("error: no sample could be extended; see the *_errors.jsonl files for why", file=sys.stderr)
         return EXIT_NOTHING_DONE
     if summary.missing_shards:
         print(f"{len(summary.missing_shards)} shard(s) could not be read; run the same command again")
     if summary.num_skipped or summary.shard_errors:
-        where = storage.join(settings.output_dir, "*" + ERRORS_SUFFIX)
+        where = storage.join(args.output, "*" + ERRORS_SUFFIX)
         print(f"{summary.num_skipped} sample(s) skipped; each is listed with its reason in {where}")
-    print(f"output: {settings.output_dir} (config.json lists what was extended)")
+    print(f"output: {args.output} (config.json lists what was extended)")
     return EXIT_OK
 
 

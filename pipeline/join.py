@@ -13,9 +13,8 @@ import sys
 
 from pipeline.join_pairs import ON_MISMATCH
 from pipeline.progress import summary_table
-from pipeline.reinforce import EXIT_CONFIG, EXIT_NOTHING_DONE, EXIT_OK
+from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK, launch
 from shards import storage
-from shards.run_config import ConfigError
 from shards.run_folder import ERRORS_SUFFIX, REFETCH_FILE
 from shards.teacher_slices import parse_teacher_dims
 
@@ -91,18 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         teacher_dims=tuple(args.teacher_dims) if args.teacher_dims else None,
         kd_logit_scales=args.kd_logit_scales,
     )
-    try:
-        outcome = run_join(settings, beam_args, show_progress=not args.no_progress)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except Exception as exc:  # committed shards stay; a rerun resumes after them
-        print(f"error: the pipeline failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(
-            f"finished shards are kept in {args.output}; run the same command again to resume",
-            file=sys.stderr,
-        )
-        return EXIT_NOTHING_DONE
+    outcome, code = launch(
+        lambda: run_join(settings, beam_args, show_progress=not args.no_progress), args.output
+    )
+    if outcome is None:
+        return code
     summary = outcome.summary
     if outcome.shards_already_done:
         print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")

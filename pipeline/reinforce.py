@@ -12,6 +12,8 @@ import errno
 import logging
 import re
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.progress import summary_table
 from pipeline.reinforce_args import parse, settings_from_args
@@ -68,31 +70,43 @@ def failure_advice(exc: BaseException, output: str) -> tuple[str, int]:
     return f"finished shards are kept in {output}; run the same command again to resume", EXIT_NOTHING_DONE
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, beam_args = parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from beam_jobs.reinforce_job import run_job
+def launch(start: Callable[[], Any], output: str) -> tuple[Any, int]:
+    """Run a job (reinforce, join, extend): its outcome and EXIT_OK, or None and the exit code after
+    saying why it could not start (bad settings, a model, device or bucket out of reach) or failed."""
     from shards.remote_access import RemoteAccessError
     from teachers.devices import DeviceError
     from teachers.specs import ModelLoadError
 
     try:
-        settings = settings_from_args(args)
-        outcome = run_job(
-            settings, beam_args, show_progress=not args.no_progress, force_takeover=args.force_takeover
-        )
+        return start(), EXIT_OK
     except (ConfigError, ModelLoadError, RemoteAccessError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return None, EXIT_CONFIG
     except Exception as exc:  # the pipeline failed: committed shards stay, a re-run resumes after them
-        advice, code = failure_advice(exc, args.output)
+        advice, code = failure_advice(exc, output)
         print(f"error: the job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(advice, file=sys.stderr)
+        return None, code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from beam_jobs.reinforce_job import run_job
+
+    def start() -> Any:
+        settings = settings_from_args(args)
+        return run_job(
+            settings, beam_args, show_progress=not args.no_progress, force_takeover=args.force_takeover
+        )
+
+    outcome, code = launch(start, args.output)
+    if outcome is None:
         return code
     summary = outcome.summary
     if outcome.shards_already_done:
         print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")
-    print(summary_table(summary, settings.output_dir, outcome.wall_seconds, outcome.written_this_run))
+    print(summary_table(summary, args.output, outcome.wall_seconds, outcome.written_this_run))
     if outcome.counters:
         print("beam counters: " + ", ".join(f"{name}={value}" for name, value in outcome.counters.items()))
     if summary.num_written == 0:
@@ -102,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         missing = len(summary.missing_shards)
         print(f"{missing} shard(s) could not be read; run the same command again to retry them")
     if summary.num_skipped or summary.shard_errors:
-        where = storage.join(settings.output_dir, "*" + ERRORS_SUFFIX)
+        where = storage.join(args.output, "*" + ERRORS_SUFFIX)
         print(f"{summary.num_skipped} sample(s) skipped; each is listed with its reason in {where}")
-    print(f"output: {settings.output_dir} (manifest.jsonl lists the shards, config.json describes them)")
+    print(f"output: {args.output} (manifest.jsonl lists the shards, config.json describes them)")
     return EXIT_OK
 
 
