@@ -41,6 +41,7 @@ from pipeline.reinforce_shard import (
     caption_seed,
     embed_text_rows,
     embed_view_rows,
+    feed_stream,
     read_ahead,
     render_views,
     skip_reason_for_image_error,
@@ -104,16 +105,7 @@ def extend_shard(
     ) as writer:
         stream = _GrowthStream(settings, models, writer, skip, clock, on_batch)
         prepared = _prepared(input_path, settings, models.augmenter)
-        for item in read_ahead(prepared, depth=max(8, stream.group_size), clock=clock):
-            if isinstance(item, SkippedSample) and item.whole_shard:
-                skip(item)
-                continue
-            stats.num_read += 1
-            if isinstance(item, SkippedSample):
-                skip(item)
-            else:
-                stream.add(item)
-        stream.finish()
+        feed_stream(read_ahead(prepared, depth=max(8, stream.group_size), clock=clock), stats, skip, stream)
         stats.num_written = writer.count
     stats.seconds = dict(clock.seconds)
     write_shard_outcome(settings.output_dir, stats, skips)

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from queue import Full, Queue
 from typing import Any, Protocol
@@ -174,23 +174,31 @@ def reinforce_shard(
             workers=settings.feed_workers,
             depth=depth,
         )
-        for item in read_ahead(prepared_items, depth=depth, clock=clock):
-            if isinstance(item, SkippedSample) and item.reason == SkipReason.UNREADABLE_SHARD:
-                # Possibly transient (a flaky bucket, a missing mount): leave the shard uncommitted.
-                raise ShardUnreadableError(f"{input_path}: {item.detail}")
-            if isinstance(item, SkippedSample) and item.whole_shard:
-                skip(item)
-                continue
-            stats.num_read += 1
-            if isinstance(item, SkippedSample):
-                skip(item)
-            else:
-                stream.add(item)
-        stream.finish()
+        feed_stream(read_ahead(prepared_items, depth=depth, clock=clock), stats, skip, stream)
         stats.num_written = writer.count
     stats.seconds = dict(clock.seconds)
     write_shard_outcome(settings.output_dir, stats, skips)
     return stats
+
+
+def feed_stream(
+    items: Iterable[Any], stats: ShardStats, skip: Callable[[SkippedSample], None], stream: Any
+) -> None:
+    """Every item of a shard, in order: each sample read is counted, good ones go to `stream`, skips
+    to `skip` (damage to the shard itself is not a sample). Shared by the reinforce and extend stages."""
+    for item in items:
+        if isinstance(item, SkippedSample) and item.reason == SkipReason.UNREADABLE_SHARD:
+            # Possibly transient (a flaky bucket, a missing mount): leave the shard uncommitted.
+            raise ShardUnreadableError(f"{stats.input_path}: {item.detail}")
+        if isinstance(item, SkippedSample) and item.whole_shard:
+            skip(item)
+            continue
+        stats.num_read += 1
+        if isinstance(item, SkippedSample):
+            skip(item)
+        else:
+            stream.add(item)
+    stream.finish()
 
 
 def _timed_reads(items: Iterator[RawSample | SkippedSample]) -> Iterator[tuple[Any, dict[str, float]]]:
