@@ -17,7 +17,6 @@ from pipeline.extend_settings import (
     ExtendSettings,
     read_input_config,
 )
-from pipeline.progress import summary_table
 from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK
 from pipeline.settings import DEFAULT_BATCH_SIZE
 from shards import storage
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from beam_jobs.extend_job import run_extend_job
-    from pipeline.reinforce import launch
+    from pipeline.reinforce import launch, report_run
 
     outcome, code = launch(
         lambda: run_extend_job(settings_from_args(args), beam_args, show_progress=not args.no_progress),
@@ -107,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if outcome is None:
         return code
-    summary = outcome.summary
-    if outcome.shards_already_done:
-        print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")
-    print(summary_table(summary, args.output, outcome.wall_seconds, outcome.written_this_run))
+    summary = report_run(outcome, args.output)
     if summary.num_written == 0:
         print("error: no sample could be extended; see the *_errors.jsonl files for why", file=sys.stderr)
         return EXIT_NOTHING_DONE

@@ -12,8 +12,7 @@ import logging
 import sys
 
 from pipeline.join_pairs import ON_MISMATCH
-from pipeline.progress import summary_table
-from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK, launch
+from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK, launch, report_run
 from shards import storage
 from shards.run_folder import ERRORS_SUFFIX, REFETCH_FILE
 from shards.teacher_slices import parse_teacher_dims
@@ -95,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if outcome is None:
         return code
-    summary = outcome.summary
-    if outcome.shards_already_done:
-        print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")
-    print(summary_table(summary, args.output, outcome.wall_seconds, outcome.written_this_run))
-    if outcome.counters:
-        print("beam counters: " + ", ".join(f"{name}={value}" for name, value in outcome.counters.items()))
+    summary = report_run(outcome, args.output)
     if summary.num_skipped or summary.shard_errors:
         where = storage.join(args.output, "*" + ERRORS_SUFFIX)
         print(f"{summary.num_skipped} pair(s) not joined; each is listed with its reason in {where}")

@@ -89,6 +89,16 @@ def launch(start: Callable[[], Any], output: str) -> tuple[Any, int]:
         return None, code
 
 
+def report_run(outcome: Any, output: str) -> Any:
+    """What every job's command line prints first: resume, the summary table, Beam's counters."""
+    if outcome.shards_already_done:
+        print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")
+    print(summary_table(outcome.summary, output, outcome.wall_seconds, outcome.written_this_run))
+    if outcome.counters:
+        print("beam counters: " + ", ".join(f"{name}={value}" for name, value in outcome.counters.items()))
+    return outcome.summary
+
+
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -103,12 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome, code = launch(start, args.output)
     if outcome is None:
         return code
-    summary = outcome.summary
-    if outcome.shards_already_done:
-        print(f"resumed: {outcome.shards_already_done} shard(s) were already done and were skipped")
-    print(summary_table(summary, args.output, outcome.wall_seconds, outcome.written_this_run))
-    if outcome.counters:
-        print("beam counters: " + ", ".join(f"{name}={value}" for name, value in outcome.counters.items()))
+    summary = report_run(outcome, args.output)
     if summary.num_written == 0:
         print("error: no sample could be processed; see the *_errors.jsonl files for why", file=sys.stderr)
         return EXIT_NOTHING_DONE
