@@ -11,7 +11,10 @@ the captioner on the job's caption groups, after a warm-up call of the models' s
 take over 40 s, as with ViT-L-14 on a CPU, micro-batches are what is timed (one, if it takes 20 s),
 scaled per row: model time is linear in rows. A
 worker's time per sample is the models' and the writer's, or decoding and augmenting when they are
-slower: the job runs those in a helper thread ahead of the models.
+slower: the job runs those in a helper thread ahead of the models. Each worker also pays once for
+loading its models, their first (slow) calls and the first caption group's decoding before the
+models have work, and the launcher waits a second to be sure of its output lease: `startup_seconds`,
+what dominates a small job.
 Run `--device cuda` on the GPU machine itself.
 """
 
@@ -133,13 +136,15 @@ def random_init_spec(spec: str) -> str:
     return local_dir_spec(folder)
 
 
-def load_models(settings: ReinforceSettings) -> tuple[Any, str]:
-    """The job's models, or random-init stand-ins of the same architectures; and which it was."""
+def load_models(settings: ReinforceSettings) -> tuple[Any, str, float]:
+    """The job's models, or random-init stand-ins of the same architectures; which it was; and the
+    seconds a worker takes to load them."""
     from pipeline.worker_models import load_models as load_worker_models
     from teachers.specs import ModelLoadError
 
     try:
-        return load_worker_models(settings), "the run's own weights"
+        seconds, models = _timed(lambda: load_worker_models(settings))
+        return models, "the run's own weights", seconds
     except ModelLoadError as exc:
         reason = str(exc).splitlines()[0]
     stand_in = dataclasses.replace(
@@ -151,7 +156,8 @@ def load_models(settings: ReinforceSettings) -> tuple[Any, str]:
         f"random-init weights of the same architectures (weights not at hand: {reason}); the same "
         "compute, but a random captioner writes captions to the length cap, so 'captioner' is an upper bound"
     )
-    return load_worker_models(stand_in), note
+    seconds, models = _timed(lambda: load_worker_models(stand_in))
+    return models, note, seconds
 
 
 # ---------------------------------------------------------------- calibration
@@ -163,6 +169,7 @@ class Calibration:
     bytes_per_sample: float
     samples: int  # real samples timed
     how: dict[str, str]  # stage -> what was timed
+    startup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # once per worker
 
 
 def raw_samples(pattern: str, limit: int) -> list[Any]:
@@ -184,11 +191,14 @@ def _timed(call: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def _per_row(rows: list[Any], micro: int, batch: int, run: Callable[[list[Any]], Any]) -> tuple[float, str]:
-    """Seconds per row of `run`, warm. A first, untimed call of one micro-batch warms the model up and
-    estimates; then the job's whole batches (or micro-batches, when two batches would not fit in
-    STAGE_BUDGET_SECONDS) are timed, call after call, for at least TIMED_SECONDS: a shared machine's
-    noise averages out over many calls, and one call is all a slow model gets."""
+def _per_row(
+    rows: list[Any], micro: int, batch: int, run: Callable[[list[Any]], Any]
+) -> tuple[float, float, str]:
+    """Seconds per row of `run`, warm, and what its first call costs beyond that. A first call of one
+    micro-batch warms the model up and estimates; then the job's whole batches (or micro-batches, when
+    two batches would not fit in STAGE_BUDGET_SECONDS) are timed, call after call, for at least
+    TIMED_SECONDS: a shared machine's noise averages out over many calls, and one call is all a slow
+    model gets."""
 
     def take(count: int, offset: int) -> list[Any]:
         return [rows[(offset + i) % len(rows)] for i in range(count)]
@@ -201,14 +211,18 @@ def _per_row(rows: list[Any], micro: int, batch: int, run: Callable[[list[Any]],
         total += _timed(lambda chunk=chunk: run(chunk))[0]
         calls += 1
     what = "its micro-batch" if unit == micro and unit != batch else "the job's batch"
-    return total / (calls * unit), f"{calls} call(s) of {unit} ({what}) after a warm-up"
+    per_row = total / (calls * unit)
+    return per_row, max(0.0, warm_up - micro * per_row), f"{calls} call(s) of {unit} ({what}) after a warm-up"
 
 
-def calibrate(settings: ReinforceSettings, models: Any, samples: list[Any]) -> Calibration:
+def calibrate(
+    settings: ReinforceSettings, models: Any, samples: list[Any], load_seconds: float = 0.0
+) -> Calibration:
     import numpy as np
     import torch
 
     from pipeline.reinforce_shard import caption_group_size, caption_seed, prepare_sample, reinforced_sample
+    from shards.lease import SETTLE_S
     from shards.writer import ShardWriter
 
     prepared, prepare_seconds = [], 0.0
@@ -219,7 +233,7 @@ def calibrate(settings: ReinforceSettings, models: Any, samples: list[Any]) -> C
     per_sample = {"decode + augment": prepare_seconds / len(prepared)}
     how = {"decode + augment": f"{len(prepared)} samples"}
 
-    group = caption_group_size(settings, models.captioner)
+    group = caption_group_size(settings.caption_group, models.captioner)
     captions: dict[int, list[str]] = {}
 
     def caption(items: list[Any]) -> None:
@@ -232,30 +246,42 @@ def calibrate(settings: ReinforceSettings, models: Any, samples: list[Any]) -> C
             if isinstance(result, list):
                 captions[id(item)] = result
 
-    per_image, how["captioner"] = _per_row(
+    first_calls = 0.0
+    per_image, extra, how["captioner"] = _per_row(
         prepared, int(getattr(models.captioner, "micro_batch", 1)), group, caption
     )
     per_sample["captioner"] = per_image
+    first_calls += extra
 
     views = [view for p in prepared for view in torch.from_numpy(p.views)]
     ensemble = models.ensemble
-    per_view, how["teachers on views"] = _per_row(
+    per_view, extra, how["teachers on views"] = _per_row(
         views,
         ensemble.micro_batch,
         settings.batch_size,
         lambda rows: ensemble.embed_images(torch.stack(rows)),
     )
     per_sample["teachers on views"] = per_view * settings.num_views
+    first_calls += extra
 
     texts = [
         t
         for p in prepared
         for t in (p.raw.caption, *captions.get(id(p), ["a photo"] * settings.num_captions))
     ]
-    per_text, how["teachers on texts"] = _per_row(
+    per_text, extra, how["teachers on texts"] = _per_row(
         texts, ensemble.text_micro_batch, settings.batch_size, ensemble.embed_texts
     )
     per_sample["teachers on texts"] = per_text * (1 + settings.num_captions)
+    first_calls += extra
+    startup = {
+        # the launcher's wait for a rival job's lease write (counted per worker here: a second each)
+        "output lease": SETTLE_S,
+        "load models": load_seconds,
+        "first model calls": first_calls,
+        # the captioner waits for a whole group decoded and augmented before the models have work
+        "first caption group's decoding": group * per_sample["decode + augment"],
+    }
 
     # The output of these samples, written by the job's writer in the chosen layout and dtypes.
     dim = sum(ensemble.dims)
@@ -283,7 +309,7 @@ def calibrate(settings: ReinforceSettings, models: Any, samples: list[Any]) -> C
         per_sample["write"] = (time.perf_counter() - start) / len(prepared)
         how["write"] = f"{len(prepared)} samples"
         size = (os.path.getsize(tar) + os.path.getsize(parquet)) / len(prepared)
-    return Calibration(per_sample, size, len(prepared), how)
+    return Calibration(per_sample, size, len(prepared), how, startup)
 
 
 # ---------------------------------------------------------------- extrapolation and report
@@ -297,7 +323,10 @@ def extrapolate(
     # The job decodes and augments in a helper thread, ahead of the models (reinforce_shard.read_ahead).
     per_sample = max(stages["decode + augment"], models + stages["write"])
     samples_per_s = 1.0 / per_sample
-    worker_hours = samples / samples_per_s / 3600
+    startup = sum(calibration.startup_seconds.values())
+    # every worker starts up once, at the same time; then they share the samples
+    wall_seconds = startup + samples / workers / samples_per_s
+    worker_hours = workers * wall_seconds / 3600
     main_thread = [stage for stage in stages if stage != "decode + augment"]
     bottleneck = (
         "decode + augment"
@@ -309,8 +338,9 @@ def extrapolate(
         "workers": workers,
         "device": device,
         "samples_per_s": _significant(samples_per_s),
-        "wall_hours": _significant(worker_hours / workers),
+        "wall_hours": _significant(wall_seconds / 3600),
         "worker_hours": _significant(worker_hours),
+        "startup_seconds": _significant(startup),
         "bytes_per_sample": round(calibration.bytes_per_sample),
         "output_bytes": round(calibration.bytes_per_sample * samples),
         "bottleneck": bottleneck,
@@ -349,7 +379,10 @@ def report(settings: ReinforceSettings, calibration: Calibration, figures: dict[
         share = 100 * seconds / per_sample
         lines.append(f"  {stage:20s} {seconds:10.4f} {share:5.1f}%  {calibration.how[stage]}{marker}")
     lines += [
-        f"  per worker:  {figures['samples_per_s']:.4f} samples/s ({per_sample:.3f} s of stages per sample)",
+        f"  per worker:  {figures['samples_per_s']:.4f} samples/s ({per_sample:.3f} s of stages per sample), "
+        f"after {figures['startup_seconds']:.1f} s of start-up ("
+        + ", ".join(f"{what} {seconds:.1f} s" for what, seconds in calibration.startup_seconds.items())
+        + ")",
         f"  wall time:   {_duration(figures['wall_hours'])} with {figures['workers']} worker(s)",
         f"  worker time: {figures['worker_hours']:,.1f} worker-hours"
         + (
@@ -387,11 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         samples = raw_samples(settings.input_pattern, args.calibration_samples)
         if not samples:
             raise ConfigError(f"no readable sample in {settings.input_pattern!r}")
-        models, note = load_models(settings)
+        models, note, load_seconds = load_models(settings)
     except (ConfigError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    calibration = calibrate(settings, models, samples)
+    calibration = calibrate(settings, models, samples, load_seconds)
     figures = extrapolate(
         calibration, samples=args.samples, workers=args.workers, device=args.device, price=args.price_per_hour
     )
