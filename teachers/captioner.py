@@ -1,16 +1,11 @@
 """Synthetic captions (contract §4): S nucleus samples per un-augmented image, reproducible per seed.
 
-Images are captioned in chunks of at most `micro_batch` images. On CPU a short chunk (a small shard, a
-shard's tail) runs with the rows it has, so a 4-image shard costs about half an 8-image one. That
-keeps an image's captions byte-identical whichever chunk it lands in because, on CPU with the kernels
-`teachers.determinism` sets, a row's bits do not depend on how many rows share a call. Measured with
-torch 2.14 (MKL, AVX-512, one thread): the image encoder's outputs and every decoding step's logits
-of the tiny CoCa (chunks of 1 to 16 images) and of a random-init coca_ViT-B-32 (1 to 8 images), with
-S = 5, are bit-identical to those of the 8-image chunk; `tests/teachers/test_captioner.py` checks it
-on the machine that runs it. On other devices, where nothing says so and padding costs next to no
-time, a short chunk is filled with blank images to the full shape; their rows are finished before the
-first step, so nothing is sampled for them and they never keep the loop going. Sampling is row-wise,
-so it runs on the rows still decoding only.
+Images are captioned in fixed-size chunks, and every chunk runs the model at the same tensor shapes at
+every step. On CPU a row's floating-point result then depends only on that row, not on its
+neighbours, so an image's captions are byte-identical whichever batch or worker it lands in. A short
+chunk (a small shard, a shard's tail) is filled with blank images whose rows are finished before the
+first step: the model computes them (the shapes must not change) but nothing is sampled for them and
+they never keep the loop going. Sampling is row-wise, so it runs on the rows still decoding only.
 """
 
 from __future__ import annotations
@@ -87,19 +82,12 @@ def run_sampling(
 class Captioner:
     """A captioning model with the contract's sampling settings."""
 
-    def __init__(
-        self,
-        backend: CaptionBackend,
-        settings: SamplingSettings,
-        micro_batch: int = 8,
-        pad_short_chunks: bool = False,
-    ) -> None:
+    def __init__(self, backend: CaptionBackend, settings: SamplingSettings, micro_batch: int = 8) -> None:
         if micro_batch < 1:
             raise ValueError("micro_batch must be >= 1")
         self.backend = backend
         self.settings = settings
         self.micro_batch = micro_batch
-        self.pad_short_chunks = pad_short_chunks  # off the CPU: see the module docstring
 
     @classmethod
     def load(
@@ -118,9 +106,8 @@ class Captioner:
         """Loads a CoCa (open_clip spec) or BLIP (transformers spec) captioner.
 
         `top_k` replaces nucleus sampling with top-k sampling (1 = greedy); `micro_batch` is the
-        number of images decoded together (describe() records it). On CPU it does not change a caption's
-        bits; on another device it fixes the tensor shapes, so keep it for a whole run there: another
-        value may round differently and, rarely, pick another token.
+        number of images decoded together. It fixes the tensor shapes, so keep it for a whole run
+        (describe() records it): another value may round differently and, rarely, pick another token.
         """
         settings = SamplingSettings(
             top_p=top_p, top_k=top_k, temperature=temperature, seq_len=seq_len, min_seq_len=min_seq_len
@@ -136,7 +123,7 @@ class Captioner:
             from teachers.blip import load_blip_backend
 
             backend = load_blip_backend(parsed, precision, device)
-        return cls(backend, settings, micro_batch, pad_short_chunks=torch.device(device).type != "cpu")
+        return cls(backend, settings, micro_batch)
 
     def _pixels(self, image: Image.Image) -> torch.Tensor | CaptionFailure:
         if not isinstance(image, Image.Image):
@@ -177,8 +164,7 @@ class Captioner:
     ) -> list[list[list[int]]]:
         pixels = torch.stack([p for _, p, _ in chunk])
         seeds = [seed for _, _, seed in chunk]
-        chunk = self.micro_batch if self.pad_short_chunks else None
-        return run_sampling(self.backend, pixels, seeds, num_captions, self.settings, chunk)
+        return run_sampling(self.backend, pixels, seeds, num_captions, self.settings, self.micro_batch)
 
     def caption_tokens(
         self, pixels: torch.Tensor, seeds: Sequence[int], num_captions: int
