@@ -7,9 +7,8 @@ at a time, so memory is bounded by the batch, not the shard.
 Teachers always see batches of exactly `batch_size` views (or texts), filled across samples and
 zero-padded only at the end of the shard. On CPU and GPU, a row's result depends on the shape of its
 batch but not on the other rows, so a sample's embeddings do not depend on which samples share its
-batch (tests/pipeline checks this byte for byte). The captioner decodes its own chunks (on CPU a
-shard's short last chunk runs unpadded, see teachers.captioner), and draws each sample's captions
-from a seed of (run seed, uid).
+batch (tests/pipeline checks this byte for byte). The captioner pads its own fixed-size chunks the
+same way, and draws each sample's captions from a seed of (run seed, uid).
 """
 
 from __future__ import annotations
@@ -73,8 +72,8 @@ class Augmenter(Protocol):
 
 
 def caption_group_size(wanted: int, captioner: CaptionModel) -> int:
-    """Images per captioner call, about `wanted` but whole multiples of its own chunk, so only a shard's
-    last call has a short chunk."""
+    """Images per captioner call, about `wanted` but whole multiples of its own fixed chunk, so it never
+    pads mid-shard."""
     chunk = max(1, int(getattr(captioner, "micro_batch", 1)))
     return max(chunk, wanted // chunk * chunk)
 

@@ -143,7 +143,10 @@ def test_exit_codes(tmp_path, job, capsys):
 
 
 def test_batch_composition_does_not_change_a_byte(tmp_path, sample_raw_dir, kit, tiny_checkpoints):
-    """The same samples, shifted by one extra sample in front, land in other batches at other rows."""
+    """The same samples, shifted by one extra sample in front, land in other batches at other rows; in a
+    3-sample shard they are captioned in a short chunk of their own, padded to the chunk's shape: a row's
+    bits can depend on how many rows share a call (on this machine with 2 threads, chunks of 1 or 2
+    images of the tiny CoCa give other logits than 8), so short chunks are never run unpadded."""
     from pipeline.reinforce_shard import reinforce_shard
     from pipeline.settings import ReinforceSettings
     from pipeline.worker_models import load_models
@@ -153,6 +156,10 @@ def test_batch_composition_does_not_change_a_byte(tmp_path, sample_raw_dir, kit,
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
     plain = kit.write_tar(tmp_path / "plain" / "00000000.tar", members)
     shifted = kit.write_tar(tmp_path / "shifted" / "00000000.tar", kit.sample_members("extra") + members)
+    first_keys = sorted({name.split(".")[0] for name, _ in members})[:3]
+    short = kit.write_tar(
+        tmp_path / "short" / "00000000.tar", [m for m in members if m[0].split(".")[0] in first_keys]
+    )
     settings = ReinforceSettings(
         input_pattern="",
         output_dir="",
@@ -166,13 +173,16 @@ def test_batch_composition_does_not_change_a_byte(tmp_path, sample_raw_dir, kit,
     )
     models = load_models(settings)
     written = {}
-    for raw in (plain, shifted):
+    for raw in (plain, shifted, short):
         out = raw.parent / "out"
         reinforce_shard(str(raw), dataclasses.replace(settings, output_dir=str(out)), models)
         written[raw] = {m["__key__"]: m for m in iter_members(str(out / "00000000.tar"))}
     assert len(written[shifted]) == len(written[plain]) + 1
     for key, sample in written[plain].items():
         assert written[shifted][key] == sample, key
+    assert len(written[short]) == 3
+    for key, sample in written[short].items():
+        assert written[plain][key] == sample, key
 
 
 def test_real_presets_fail_fast_and_clearly_without_a_hub(tmp_path, sample_raw_dir, capsys):
