@@ -7,7 +7,8 @@ chunk (a small shard, a shard's tail) is filled with blank images whose rows are
 first step: the model computes them (the shapes must not change: with 2 threads, chunks of 1 or 2
 tiny-CoCa images gave other logits than the 8-image chunk, while 1 thread showed no difference) but
 nothing is sampled for them and they never keep the loop going. The cost is at most one chunk per
-shard, under 0.1% for img2dataset's 10,000-sample shards. Sampling is row-wise, so it runs on the rows still decoding only.
+shard, under 0.1% for img2dataset's 10,000-sample shards. Sampling is row-wise, so it runs on the
+rows still decoding only.
 """
 
 from __future__ import annotations
