@@ -310,5 +310,11 @@ def build_world(out: str | Path, sizes: dict[str, int], seed: int = 0) -> dict[s
     return summary
 
 
+def names_every_object(caption: str, scene: dict[str, Any]) -> bool:
+    """Whether `caption` names each object of `scene` (a raw json's "scene") by colour and shape: the
+    least a caption must say to teach this world's classes."""
+    return all(f"{thing['colour']} {thing['shape']}" in caption for thing in scene["things"])
+
+
 def split_pattern(out: str | Path, split: str) -> str:
     return storage.join(str(out), split, "*.tar")
