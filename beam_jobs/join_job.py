@@ -28,10 +28,9 @@ from shards import storage
 from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
     committed_shards,
-    committed_stats,
     remove_stale_temporaries,
+    run_result,
     shard_name,
-    summarize_run,
 )
 from shards.storage import unusable_beam_args
 
@@ -101,12 +100,11 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
             if client is not None:
                 client.close()
     wall = time.monotonic() - start
-    stats = committed_stats(settings.output_dir, shards)
-    done_now = [shard for shard in pending if shard in stats]
+    summary, written = run_result(settings.output_dir, shards)
     return JobOutcome(
-        summary=summarize_run(shards, stats),
+        summary=summary,
         shards_already_done=len(shards) - len(pending),
-        written_this_run=sum(stats[s].num_written for s in done_now),
+        written_this_run=sum(written.get(shard, 0) for shard in pending),
         wall_seconds=wall,
         counters=beam_counters(result),
     )

@@ -39,10 +39,9 @@ from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
     RunSummary,
     committed_shards,
-    committed_stats,
     remove_stale_temporaries,
+    run_result,
     shard_name,
-    summarize_run,
 )
 from shards.storage import unusable_beam_args
 
@@ -228,12 +227,11 @@ def _run_held(
                 client.close()
     wall = time.monotonic() - start
     del adopted
-    stats = committed_stats(output_dir, shards)
-    done_now = [shard_name(p) for p in pending if shard_name(p) in stats]
+    summary, written = run_result(output_dir, shards)
     return JobOutcome(
-        summary=summarize_run(shards, stats),
+        summary=summary,
         shards_already_done=len(inputs) - len(pending),
-        written_this_run=sum(stats[s].num_written for s in done_now),
+        written_this_run=sum(written.get(shard_name(p), 0) for p in pending),
         wall_seconds=wall,
         counters=beam_counters(result),
     )

@@ -171,6 +171,20 @@ class RunSummary:
     def num_skipped(self) -> int:
         return sum(self.skipped.values())
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSummary:
+        """A summary.json read back (its seconds rounded to the millisecond)."""
+        return cls(
+            shards_total=int(data["shards_total"]),
+            shards_done=int(data["shards_done"]),
+            num_read=int(data["num_read"]),
+            num_written=int(data["num_written"]),
+            skipped={str(k): int(v) for k, v in data["skipped"].items()},
+            shard_errors={str(k): int(v) for k, v in data["shard_errors"].items()},
+            seconds={str(k): float(v) for k, v in data["seconds"].items()},
+            missing_shards=[str(shard) for shard in data["missing_shards"]],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["num_skipped"] = self.num_skipped
@@ -210,21 +224,73 @@ def manifest_bytes(shards: list[str], stats: dict[str, ShardStats]) -> bytes:
 
 def committed_shards(output_dir: str) -> set[str]:
     """Names of the shards whose stats file exists: one listing, not one request per shard."""
-    paths = storage.match(storage.join(output_dir, f"*{STATS_SUFFIX}"))
-    return {storage.basename(p)[: -len(STATS_SUFFIX)] for p in paths}
+    return set(_committed_updates(output_dir))
+
+
+def _committed_updates(output_dir: str) -> dict[str, float]:
+    """Committed shard -> when its stats file was written, from one listing."""
+    updated = storage.match_updated(storage.join(output_dir, f"*{STATS_SUFFIX}"))
+    return {storage.basename(path)[: -len(STATS_SUFFIX)]: when for path, when in updated.items()}
 
 
 def committed_stats(output_dir: str, shards: list[str]) -> dict[str, ShardStats]:
     """The stats of every committed shard among `shards` (this run's and earlier runs')."""
     done = committed_shards(output_dir)
-    wanted = [shard for shard in shards if shard in done]
+    return _read_stats(output_dir, [shard for shard in shards if shard in done])
 
+
+def _read_stats(output_dir: str, committed: list[str]) -> dict[str, ShardStats]:
     def load(shard: str) -> ShardStats:  # listed just now: read it without asking whether it exists
         return ShardStats.from_dict(json.loads(storage.read_text(output_paths(output_dir, shard)["stats"])))
 
-    # Many small reads from an object store: overlap their latency.
+    # Many small reads from an object store: overlap their latency (more threads gain nothing on moto).
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return dict(zip(wanted, pool.map(load, wanted), strict=True))
+        return dict(zip(committed, pool.map(load, committed), strict=True))
+
+
+def run_result(output_dir: str, shards: list[str]) -> tuple[RunSummary, dict[str, int]]:
+    """The run's summary and the samples written per committed shard, as a launcher reports them once
+    finalize_run is done: from summary.json and manifest.jsonl (one listing, three small requests)
+    when they describe exactly the shards committed now and are no older than any of their stats
+    files; else (a run killed before or while finalizing, a folder changed since) from every committed
+    stats file, as finalize_run reads them. One read per shard is what made the launcher's read-back
+    as slow as finalize itself on an object store."""
+    committed = _committed_updates(output_dir)
+    done = [shard for shard in shards if shard in committed]
+    newest = max((committed[shard] for shard in done), default=0.0)
+    finalized = _finalized_result(output_dir, shards, done, newest)
+    if finalized is not None:
+        return finalized
+    stats = _read_stats(output_dir, done)
+    return summarize_run(shards, stats), {shard: item.num_written for shard, item in stats.items()}
+
+
+def _finalized_result(
+    output_dir: str, shards: list[str], done: list[str], newest_stats: float
+) -> tuple[RunSummary, dict[str, int]] | None:
+    """summary.json and manifest.jsonl, when both are complete and current; None otherwise."""
+    manifest_path = storage.join(output_dir, MANIFEST_FILE)
+    summary_path = storage.join(output_dir, SUMMARY_FILE)
+    for path in (manifest_path, summary_path):
+        updated = list(storage.match_updated(path).values())
+        if len(updated) != 1 or updated[0] < newest_stats:  # absent, or a shard committed after it
+            return None
+    try:
+        lines = [json.loads(line) for line in storage.read_text(manifest_path).splitlines()]
+        written = {str(line["shard"]): int(line["num_samples"]) for line in lines}
+        summary = RunSummary.from_dict(json.loads(storage.read_text(summary_path)))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    missing = [shard for shard in shards if shard not in written]
+    if (
+        list(written) != sorted(done)  # never trust a manifest that does not list every committed shard
+        or len(lines) != len(done)
+        or (summary.shards_total, summary.shards_done) != (len(shards), len(done))
+        or summary.missing_shards != missing
+        or summary.num_written != sum(written.values())
+    ):
+        return None
+    return summary, written
 
 
 def finalize_run(output_dir: str, shards: list[str]) -> RunSummary:

@@ -35,8 +35,14 @@ def use_filesystem_options(beam_args: list[str] | PipelineOptions) -> None:
 
 def match(pattern: str) -> list[str]:
     """Paths matching a glob, sorted so that every runner sees the same order."""
+    return sorted(match_updated(pattern))
+
+
+def match_updated(pattern: str) -> dict[str, float]:
+    """Paths matching a glob, each with when it was last written (seconds since the epoch), from the
+    same listing: no request per path."""
     result = FileSystems.match([pattern])[0]
-    return sorted(m.path for m in result.metadata_list)
+    return {m.path: m.last_updated_in_seconds for m in result.metadata_list}
 
 
 def exists(path: str) -> bool:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
 from pipeline.presets import PRESETS, resolve_preset
 from pipeline.settings import ReinforceSettings, build_run_config
+from shards import storage
 from shards.raw import SkippedSample
 from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
@@ -18,6 +20,7 @@ from shards.run_folder import (
     output_paths,
     read_shard_stats,
     remove_stale_temporaries,
+    run_result,
     shard_name,
     write_shard_outcome,
 )
@@ -133,6 +136,47 @@ def test_stats_commit_a_shard_and_feed_manifest_and_summary(tmp_path):
     assert (tmp_path / "manifest.jsonl").read_text() == '{"shard": "00000007", "num_samples": 3}\n'
     assert summary.missing_shards == ["00000009"] and summary.num_written == 3 and summary.num_skipped == 2
     assert output_paths(out, "00000007")["tar"].endswith("00000007.tar")
+
+
+def test_the_launcher_reads_a_run_back_from_its_run_files_only_when_they_are_current(tmp_path, monkeypatch):
+    out, shards = str(tmp_path), ["00000000", "00000001", "00000002"]
+
+    def commit(shard: str, written: int) -> None:
+        stats = ShardStats(shard, f"raw/{shard}.tar", num_read=written + 1, num_written=written)
+        stats.skipped = {"duplicate_key": 1}
+        write_shard_outcome(out, stats, [])
+
+    def age_run_files() -> None:  # as if finalized long before the shards committed since
+        for name in ("manifest.jsonl", "summary.json"):
+            os.utime(tmp_path / name, (1e9, 1e9))
+
+    commit("00000000", 4)
+    commit("00000001", 5)
+    summary, written = run_result(out, shards)  # a run killed before finalizing: no run files
+    assert written == {"00000000": 4, "00000001": 5} and summary.missing_shards == ["00000002"]
+
+    finalized = finalize_run(out, shards)
+    reads, read_text = [], storage.read_text
+    monkeypatch.setattr(storage, "read_text", lambda path: reads.append(path) or read_text(path))
+    summary, written = run_result(out, shards)
+    assert summary.to_dict() == finalized.to_dict() and written == {"00000000": 4, "00000001": 5}
+    assert sorted(os.path.basename(p) for p in reads) == ["manifest.jsonl", "summary.json"]  # no stats file
+
+    commit("00000002", 6)  # committed after the last finalize, which it does not list
+    age_run_files()
+    summary, written = run_result(out, shards)
+    assert summary.shards_done == 3 and summary.num_written == 15 and written["00000002"] == 6
+
+    finalize_run(out, shards)
+    os.remove(tmp_path / "00000001_stats.json")  # to be redone: the manifest lists it, no longer committed
+    summary, written = run_result(out, shards)
+    assert summary.missing_shards == ["00000001"] and set(written) == {"00000000", "00000002"}
+
+    commit("00000001", 5)  # redone, the run killed before its finalize: same counts, older run files
+    age_run_files()
+    reads.clear()
+    summary, written = run_result(out, shards)
+    assert summary.shards_done == 3 and len(reads) == 3  # every stats file read again
 
 
 def test_stale_temporaries_of_unfinished_shards_only_are_removed(tmp_path):
