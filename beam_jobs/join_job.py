@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.join_graph import build_graph
-from beam_jobs.reinforce_job import JobOutcome, beam_counters, find_input_shards
+from beam_jobs.reinforce_job import JobOutcome, beam_counters
 from beam_jobs.runners import create_runner, is_local
 from pipeline.join_settings import (
     JoinSettings,
@@ -32,6 +32,7 @@ from shards.run_folder import (
     run_result,
     shard_name,
 )
+from shards.run_inputs import find_input_shards
 from shards.storage import unusable_beam_args
 
 _LOG = logging.getLogger(__name__)

@@ -36,13 +36,8 @@ from shards import storage
 from shards.lease import hold_output
 from shards.remote_access import check_remote_access
 from shards.run_config import ConfigError, write_or_check_run_config
-from shards.run_folder import (
-    RunSummary,
-    committed_shards,
-    remove_stale_temporaries,
-    run_result,
-    shard_name,
-)
+from shards.run_folder import RunSummary, run_result, shard_name
+from shards.run_inputs import find_input_shards, pending_inputs
 from shards.storage import unusable_beam_args
 
 _LOG = logging.getLogger(__name__)
@@ -68,39 +63,6 @@ def beam_counters(result: Any) -> dict[str, int]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] += int(value or 0)
     return dict(sorted(totals.items()))
-
-
-def find_input_shards(pattern: str, flag: str = "--input") -> list[str]:
-    """Shards matching the glob, sorted; names must be unique, since outputs are named after them."""
-    try:
-        paths = [p for p in storage.match(pattern) if p.endswith(".tar")]
-    except Exception as exc:  # Beam raises BeamIOError for an unreachable bucket or a bad scheme
-        raise ConfigError(f"cannot list {flag} {pattern!r}: {exc}") from exc
-    if not paths:
-        hint = (
-            ""
-            if any(c in pattern for c in "*?[")
-            else f" (a folder? try {flag} '{pattern.rstrip('/')}/*.tar')"
-        )
-        raise ConfigError(f"no .tar shards match {flag} {pattern!r}{hint}")
-    names = Counter(shard_name(p) for p in paths)
-    clashes = sorted(name for name, count in names.items() if count > 1)
-    if clashes:
-        raise ConfigError(
-            f"{flag} shards share a name across folders ({', '.join(clashes[:5])}): outputs would clash"
-        )
-    return paths
-
-
-def pending_inputs(output_dir: str, inputs: list[str]) -> list[str]:
-    """The inputs whose shard is not committed yet, cleared of what a killed attempt left behind.
-
-    Two listings of the output folder whatever the number of shards (bench/scale.py measures it).
-    """
-    done = committed_shards(output_dir)
-    pending = [path for path in inputs if shard_name(path) not in done]
-    remove_stale_temporaries(output_dir, [shard_name(path) for path in pending])
-    return pending
 
 
 def describe_run(settings: ReinforceSettings, models: Any) -> dict[str, Any]:

@@ -140,9 +140,9 @@ def count_requests() -> Counter[str]:
 
 def measure(raw: str, out: str, beam_args: list[str]) -> dict[str, Any]:
     """The launcher's bookkeeping on one folder, phase by phase, as run_job does it."""
-    from beam_jobs.reinforce_job import find_input_shards, pending_inputs
     from shards import storage
     from shards.run_folder import finalize_run, output_paths, run_result, shard_name
+    from shards.run_inputs import find_input_shards, pending_inputs
 
     storage.use_filesystem_options(beam_args)
     baseline_mb = current_rss_kb() / 1024  # Beam, torch and the job's modules, before any work
