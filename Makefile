@@ -43,9 +43,9 @@ browser:
 test: $(STAMP) browser lint
 	$(PY) -m pytest -q
 
-# The learning-efficiency miniature's --quick run with its assertion (not part of `make test`).
+# The learning-efficiency miniature's --quick run with its assertion alone (`make test` runs it too).
 experiment-test: $(STAMP)
-	RUN_EXPERIMENT=1 $(PY) -m pytest -q tests/experiments/test_learning_efficiency.py
+	$(PY) -m pytest -q tests/experiments/test_learning_efficiency.py
 
 # The edit loop: everything but the tests marked slow (runners, browser, notebook, kill/resume, S3).
 test-fast: $(STAMP) lint

@@ -22,9 +22,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ import torch
 
 from experiments.controls import write_control
 from experiments.models import CAPTIONER, STUDENT, TEACHERS, write_initial
-from experiments.world import build_world, names_every_object, split_pattern
+from experiments.world import CLASSNAMES, build_world, names_every_object, split_pattern
 from shards import storage
 from shards.reinforced import ShardFormatError, iter_shard
 from trainer import train as trainer
@@ -108,7 +111,8 @@ def _train(
     *extra: str,
     lr: float = LEARNING_RATE,
 ) -> dict:
-    """One `python -m trainer.train` run, in-process (same flags a user would type)."""
+    """One `python -m trainer.train` run (same flags a user would type) on one core: one thread, data
+    decoded in the step's process, so that runs side by side do not fight over cores."""
     argv = [
         "--data", data, "--model", model, "--output", str(output), "--steps", str(steps),
         "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed),
@@ -116,6 +120,15 @@ def _train(
         "--log-every", str(max(1, steps // 4)), *extra,
     ]  # fmt: skip
     return trainer.train(trainer.parse_args(argv))
+
+
+def _train_side_by_side(runs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]]) -> dict[str, dict]:
+    """Independent training runs (name -> `_train` arguments), one process per core: each run is
+    seeded and single-threaded, so its figures do not depend on what runs beside it."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1), mp_context=context) as pool:
+        futures = {name: pool.submit(_train, *args, **kwargs) for name, (args, kwargs) in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def _final_checkpoint(run: Path, steps: int) -> str:
@@ -128,18 +141,22 @@ def _evals(run: Path) -> list[dict[str, Any]]:
 
 def train_teachers(out: Path, profile: Profile, seed: int) -> dict[str, Any]:
     clean, test = split_pattern(out / "world", "clean"), split_pattern(out / "world", "test")
-    teachers: dict[str, Any] = {}
-    for k, name in enumerate((*TEACHERS, CAPTIONER)):
+    runs = {}
+    for name in (CAPTIONER, *TEACHERS):  # the longest run first, beside the others
+        k = (*TEACHERS, CAPTIONER).index(name)
         initial = write_initial(name, out / "initial" / name, seed=1000 * seed + k)
         if name == CAPTIONER:
             mode, steps, batch_size = "coca", profile.captioner_steps, profile.captioner_batch_size
             lr = CAPTIONER_LEARNING_RATE
         else:
             mode, steps, batch_size, lr = "plain", profile.teacher_steps, profile.batch_size, LEARNING_RATE
-        run = out / "teachers" / name
         flags = ("--mode", mode, "--eval-data", test)
-        summary = _train(clean, initial, run, steps, batch_size, seed, *flags, lr=lr)
-        teachers[name] = {"spec": _final_checkpoint(run, steps), "eval": summary["eval"]}
+        runs[name] = ((clean, initial, out / "teachers" / name, steps, batch_size, seed, *flags), {"lr": lr})
+    teachers: dict[str, Any] = {}
+    summaries = _train_side_by_side(runs)
+    for name in (*TEACHERS, CAPTIONER):
+        summary, steps = summaries[name], runs[name][0][3]
+        teachers[name] = {"spec": _final_checkpoint(out / "teachers" / name, steps), "eval": summary["eval"]}
         print(f"{name}: zero-shot top-1 {summary['eval']['zeroshot_top1']:.3f}", file=sys.stderr)
     return teachers
 
@@ -188,14 +205,16 @@ def train_arms(out: Path, reinforced: Path, profile: Profile, seed: int) -> dict
         "permuted": (str(out / "controls" / "permuted" / "*.tar"),),
     }
     student = write_initial(STUDENT, out / "initial" / STUDENT, seed=1000 * seed + 99)
+    folders = {arm: out / "students" / arm for arm in ARMS}
     runs = {}
     for arm in ARMS:
         pattern, *flags = data[arm]
-        runs[arm] = out / "students" / arm
         extra = ("--eval-data", test, "--eval-every", str(profile.eval_every), *flags)
-        summary = _train(pattern, student, runs[arm], profile.student_steps, profile.batch_size, seed, *extra)
+        steps, batch_size = profile.student_steps, profile.batch_size
+        runs[arm] = ((pattern, student, folders[arm], steps, batch_size, seed, *extra), {})
+    for arm, summary in _train_side_by_side(runs).items():
         print(f"{arm}: zero-shot top-1 {summary['eval']['zeroshot_top1']:.3f}", file=sys.stderr)
-    return runs
+    return folders
 
 
 def steps_to_reach(evals: list[dict[str, Any]], target: float) -> int | None:
@@ -258,14 +277,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
         steps, top1 = zip(*results["curves"][arm], strict=True)
         style = "--" if arm in ("shuffled", "permuted") else "-"
         axes.plot(steps, top1, style, marker="o", markersize=3, linewidth=1.5, label=ARM_LABELS[arm])
+    last_step = max(step for curve in results["curves"].values() for step, _ in curve)
     for name, top1 in results["teacher_top1"].items():
         axes.axhline(top1, color="grey", linewidth=0.8, linestyle=":")
-        axes.annotate(f"{name} {top1:.2f}", (0, top1), fontsize=7, color="grey", va="bottom")
+        axes.annotate(
+            f"{name} {top1:.2f}", (last_step, top1), fontsize=7, color="grey", va="bottom", ha="right"
+        )
+    highest = max([*results["teacher_top1"].values(), *(t for c in results["curves"].values() for _, t in c)])
+    chance = 1 / len(CLASSNAMES)
+    axes.axhline(chance, color="black", linewidth=0.6, linestyle="-.")
+    axes.annotate("chance", (last_step, chance), fontsize=7, va="bottom", ha="right")
     axes.set_xlabel("student training step")
-    axes.set_ylabel("zero-shot top-1 (test split, 36 classes)")
-    axes.set_ylim(0, 1)
+    axes.set_ylabel(f"zero-shot top-1 (test split, {len(CLASSNAMES)} classes)")
+    axes.set_ylim(0, min(1.0, 1.5 * highest))
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="upper left")
+    axes.legend(fontsize=7, loc="upper left", ncols=2)
     figure.tight_layout()
     figure.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(figure)

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from experiments import learning_efficiency
 
-# Zero-shot top-1 (0-1) by which the reinforced student must beat the plain one after the same steps.
-# Not yet checked against measured seeds: no --quick run finished in the session that wrote this
-# (README, "Does it work?"); set it from the spread of the gaps over seeds 0-2 once they have run.
-MARGIN = 0.05
+# Zero-shot top-1 (0-1, 300 test images) by which the reinforced student must beat the plain one, and
+# the negative controls fall below it, after the same 100 steps. Measured with `--quick` on this
+# 2-core machine, seeds 0 / 1 / 2 (final top-1):
+#   plain 0.083 / 0.060 / 0.113, reinforced 0.127 / 0.083 / 0.160: gaps 0.044 / 0.023 / 0.047;
+#   permuted 0.053 / 0.030 / 0.073, shuffled 0.023 / 0.027 / 0.020; steps_ratio 0.4 on each seed.
+# The test runs seed 0. Another CPU or library build rounds differently and so draws another run much
+# as another seed does; the smallest gap over the three seeds, 0.023, still clears MARGIN (6 of 300
+# test images), and the controls sit more than MARGIN below the reinforced student on every seed.
+MARGIN = 0.02
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("RUN_EXPERIMENT") != "1",
-    reason="the miniature trains 3 models and 6 students (minutes on an idle machine, and its margin is "
-    "not yet measured): `make experiment-test` runs it",
-)
 def test_quick_run_reinforced_beats_plain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     learning_efficiency.main(["--quick", "--out", str(tmp_path / "run"), "--seed", "0"])
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -29,6 +28,9 @@ def test_quick_run_reinforced_beats_plain(tmp_path: Path, capsys: pytest.Capture
     arms = [f"{arm}_top1" for arm in learning_efficiency.ARMS]
     assert all(0.0 <= results[key] <= 1.0 for key in arms)
     assert results["reinforced_top1"] >= results["plain_top1"] + MARGIN, results
-    assert results["steps_ratio"] < 1.0, results  # it got to plain's final accuracy before the end
+    assert results["steps_ratio"] <= 0.5, results  # plain's final accuracy in at most half the steps
+    # stored targets that no longer fit their views lose the gain
+    for control in ("shuffled_top1", "permuted_top1"):
+        assert results[control] <= results["reinforced_top1"] - MARGIN, results
     for name in ("curves.png", "table.md", "results.json"):
         assert (tmp_path / "run" / name).stat().st_size > 0
