@@ -22,7 +22,8 @@ for every call: the S3 runs also time a few small reads through Beam's FileSyste
 <= 60 s locally and <= 5 min on S3 for 65,536 shards, peak RSS <= 1 GB, seconds per shard flat
 across sizes. Measured on moto, finalize's one GET per committed shard is most of the S3 time (moto
 spends about 3 ms of CPU on each; more threads do not help), then the listings (about 0.5 s per
-page). The peak RSS includes about 1 GB of imports (Beam, torch, the job's modules), printed apart.
+page). The peak RSS includes about 860 MB of imports (torch's CUDA build alone is about 700 MB,
+pulled in by webdataset), printed apart.
 
 The machine is shared (2 cores, other jobs running), so figures move between runs. The last line
 printed is one JSON object: the largest size's figures, and every size's.

@@ -141,22 +141,24 @@ def _evals(run: Path) -> list[dict[str, Any]]:
 
 def train_teachers(out: Path, profile: Profile, seed: int) -> dict[str, Any]:
     clean, test = split_pattern(out / "world", "clean"), split_pattern(out / "world", "test")
+    names = (*TEACHERS, CAPTIONER)
+    steps = {name: profile.captioner_steps if name == CAPTIONER else profile.teacher_steps for name in names}
     runs = {}
     for name in (CAPTIONER, *TEACHERS):  # the longest run first, beside the others
-        k = (*TEACHERS, CAPTIONER).index(name)
-        initial = write_initial(name, out / "initial" / name, seed=1000 * seed + k)
+        initial = write_initial(name, out / "initial" / name, seed=1000 * seed + names.index(name))
         if name == CAPTIONER:
-            mode, steps, batch_size = "coca", profile.captioner_steps, profile.captioner_batch_size
-            lr = CAPTIONER_LEARNING_RATE
+            mode, batch_size, lr = "coca", profile.captioner_batch_size, CAPTIONER_LEARNING_RATE
         else:
-            mode, steps, batch_size, lr = "plain", profile.teacher_steps, profile.batch_size, LEARNING_RATE
+            mode, batch_size, lr = "plain", profile.batch_size, LEARNING_RATE
         flags = ("--mode", mode, "--eval-data", test)
-        runs[name] = ((clean, initial, out / "teachers" / name, steps, batch_size, seed, *flags), {"lr": lr})
+        run = out / "teachers" / name
+        runs[name] = ((clean, initial, run, steps[name], batch_size, seed, *flags), {"lr": lr})
     teachers: dict[str, Any] = {}
     summaries = _train_side_by_side(runs)
-    for name in (*TEACHERS, CAPTIONER):
-        summary, steps = summaries[name], runs[name][0][3]
-        teachers[name] = {"spec": _final_checkpoint(out / "teachers" / name, steps), "eval": summary["eval"]}
+    for name in names:
+        summary = summaries[name]
+        spec = _final_checkpoint(out / "teachers" / name, steps[name])
+        teachers[name] = {"spec": spec, "eval": summary["eval"]}
         print(f"{name}: zero-shot top-1 {summary['eval']['zeroshot_top1']:.3f}", file=sys.stderr)
     return teachers
 
@@ -210,8 +212,10 @@ def train_arms(out: Path, reinforced: Path, profile: Profile, seed: int) -> dict
     for arm in ARMS:
         pattern, *flags = data[arm]
         extra = ("--eval-data", test, "--eval-every", str(profile.eval_every), *flags)
-        steps, batch_size = profile.student_steps, profile.batch_size
-        runs[arm] = ((pattern, student, folders[arm], steps, batch_size, seed, *extra), {})
+        runs[arm] = (
+            (pattern, student, folders[arm], profile.student_steps, profile.batch_size, seed, *extra),
+            {},
+        )
     for arm, summary in _train_side_by_side(runs).items():
         print(f"{arm}: zero-shot top-1 {summary['eval']['zeroshot_top1']:.3f}", file=sys.stderr)
     return folders
