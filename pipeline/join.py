@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if outcome is None:
         return code
     summary = report_run(outcome, args.output)
+    if summary.matched_by:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in summary.matched_by.items())
+        print(f"pairs joined by the reinforced json hash their image matched: {kinds}")
     if summary.num_skipped or summary.shard_errors:
         where = storage.join(args.output, "*" + ERRORS_SUFFIX)
         print(f"{summary.num_skipped} pair(s) not joined; each is listed with its reason in {where}")

@@ -121,13 +121,14 @@ def _ref(key: str, sha: str, json_sha: str) -> RawRef:
 
 
 def test_a_reencoded_download_is_told_apart_from_a_different_image():
-    reencoded = choose_raw("aa", (_ref("k", "bb", "aa"),))
+    reencoded = choose_raw({"sha256": "aa"}, (_ref("k", "bb", "aa"),))
     assert reencoded.reason == "hash_mismatch" and "re-encoded" in reencoded.detail
-    different = choose_raw("aa", (_ref("k", "bb", "cc"),))
+    different = choose_raw({"sha256": "aa"}, (_ref("k", "bb", "cc"),))
     assert different.reason == "hash_mismatch" and "different image" in different.detail
     # Of two raw copies of a uid, the one whose stored bytes match wins, whatever their order.
     refs = (_ref("k2", "aa", "aa"), _ref("k1", "bb", "aa"))
-    assert choose_raw("aa", refs).ref.key == "k2" and choose_raw("aa", refs[::-1]).ref.key == "k2"
+    meta = {"sha256": "aa"}
+    assert choose_raw(meta, refs).ref.key == "k2" and choose_raw(meta, refs[::-1]).ref.key == "k2"
 
 
 def test_boxes_must_lie_inside_the_decoded_image():
