@@ -170,3 +170,41 @@ def test_bf16_v2_public_shards_join_into_the_same_layout(join_input, join_args, 
         assert (entry.sample.image_emb == stored).all()
         assert entry.sample.image == join_input.originals[entry.key].image
     assert validate.validate(str(out)).ok
+
+
+def _refused(capsys, out: Path) -> str:
+    """The one line a refused join prints; nothing may have been written."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert (
+        len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err + captured.out
+    )
+    assert not out.exists() or not any(out.iterdir())
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("dims", "says"),
+    [
+        ("768,768", "add up to 1536, but the embeddings are 20 wide"),
+        ("12,8", "columns 0-11 of the embeddings"),
+    ],
+)
+def test_teacher_widths_that_do_not_fit_the_embeddings_are_refused(
+    join_input, join_args, tmp_path, capsys, dims, says
+):
+    out = tmp_path / "out"
+    args = join_args(join_input, out)
+    args[args.index("--teacher-dims") + 1] = dims
+    assert main(args) == 2
+    line = _refused(capsys, out)
+    assert says in line and f"--teacher-dims {dims}" in line
+
+
+def test_config_widths_that_do_not_fit_the_embeddings_are_refused(join_input, join_args, tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"teachers": [{"dim": 10, "kd_logit_scale": 100}, {"dim": 10}]}))
+    out = tmp_path / "out"
+    args = [a for a in join_args(join_input, out) if a not in ("--teacher-dims", "8,12")]
+    assert main([*args, "--config", str(config)]) == 2
+    assert "config.json's teachers 10,10: columns 0-9" in _refused(capsys, out)
