@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 
 from shards.raw import RawSample, iter_raw_shard
-from shards.reinforced import encode_sample, iter_members
-from tests.support import reinforced_sample, write_members
+from shards.reinforced import encode_sample
+from tests.support import reinforced_sample, write_members, write_public_half
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
 
 DIMS = (8, 12)
@@ -194,10 +194,6 @@ def own_run(
     public = root / "public"
     public.mkdir()
     for tar in sorted(reinforced.glob("*.tar")):
-        members = [
-            {name: data for name, data in sample.items() if name not in ("jpg", "txt")}
-            for sample in iter_members(str(tar))
-        ]
-        write_members(public / tar.name, members)
+        write_public_half(tar, public / tar.name)
     shutil.copy(reinforced / "config.json", public / "config.json")
     return SimpleNamespace(reinforced=reinforced, public=public)
