@@ -1,7 +1,8 @@
 """Launch one join run: list both sides, write or check config.json, run the graph on the pending shards.
 
-A shard is done when its stats file exists; a rerun joins only the others. The raw side is indexed
-again on every run (which raw tar holds a uid is only known by reading them all).
+A shard is done when its stats file exists; a rerun joins only the others, with the same raw inputs
+(`--rejoin-missing` adds raw inputs: pipeline/join_inputs.py). The raw side is indexed again on every
+run (which raw tar holds a uid is only known by reading them all).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs.join_graph import build_graph
 from beam_jobs.reinforce_job import JobOutcome, beam_counters
 from beam_jobs.runners import create_runner, is_local
+from pipeline.join_inputs import plan_inputs, record_bytes, run_record
 from pipeline.join_settings import (
     JoinSettings,
     first_sample_shape,
@@ -27,6 +29,7 @@ from pipeline.progress import ShardProgress
 from shards import storage
 from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
+    CONFIG_FILE,
     committed_shards,
     remove_stale_temporaries,
     run_result,
@@ -67,14 +70,20 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
         else []
     )
     config = join_run_config(settings, first_sample_shape(reinforced), source_config(settings))
-    write_or_check_run_config(settings.output_dir, config)
+    if storage.exists(storage.join(settings.output_dir, CONFIG_FILE)):
+        write_or_check_run_config(settings.output_dir, config)  # a rerun: the same settings, or stop now
     shards = [shard_name(p) for p in reinforced]
-    done = committed_shards(settings.output_dir)
-    pending = {shard_name(p): p for p in reinforced if shard_name(p) not in done}
-    for shard in pending:  # a killed earlier attempt may have left temporaries behind
-        remove_stale_temporaries(settings.output_dir, shard)
+    run = run_record(settings, raw, metadata)
+    inputs = plan_inputs(settings.output_dir, shards, run, rejoin_missing=settings.rejoin_missing)
+    paths = {shard_name(p): p for p in reinforced}
+    pending = {shard: paths[shard] for shard in inputs.pending}
+    remove_stale_temporaries(settings.output_dir, pending)  # a killed earlier attempt's
     _LOG.info(
-        "%d output shards, %d already done, %d to do", len(shards), len(shards) - len(pending), len(pending)
+        "%d output shards, %d already done, %d to do (%d of them joined again with new raw inputs)",
+        len(shards),
+        len(shards) - len(pending),
+        len(pending),
+        len(inputs.rejoined),
     )
 
     start = time.monotonic()
@@ -84,8 +93,10 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
         shard_settings(settings, config),
         pending=pending,
         all_shards=shards,
-        raw_paths=raw,
-        metadata_paths=metadata,
+        raw_paths=inputs.raw_paths,
+        metadata_paths=inputs.metadata_paths,
+        config=config,
+        record=record_bytes(inputs.record),
     )
     local = is_local(options)
     with (
@@ -101,6 +112,12 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
             if client is not None:
                 client.close()
     wall = time.monotonic() - start
+    if pending and not committed_shards(settings.output_dir) & set(pending):
+        raise ConfigError(
+            f"no raw sample of --raw {settings.raw_pattern!r} ({len(inputs.raw_paths)} tar files) has the "
+            f"uid of a sample in the {len(pending)} reinforced shard(s) to join, so nothing was written: "
+            "give --raw the shards img2dataset downloaded for these reinforced shards"
+        )
     summary, written = run_result(settings.output_dir, shards)
     return JobOutcome(
         summary=summary,

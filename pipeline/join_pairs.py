@@ -215,6 +215,7 @@ def join_shard(
     skips: list[SkippedSample] = []
     refetch: list[dict[str, Any]] = []
     embedding_member = "npz" if settings.embedding_dtype == "fp32" else "pth.gz"
+    storage.delete(paths["stats"])  # a finished shard joined again is not done until its new stats
     reader = RawReader()
     try:
         with ShardWriter(paths["tar"], paths["parquet"], settings.layout, settings.embedding_dtype) as writer:

@@ -36,6 +36,7 @@ class JoinSettings:
     config_path: str | None = None
     teacher_dims: tuple[int, ...] | None = None
     kd_logit_scales: tuple[float, ...] | None = None
+    rejoin_missing: bool = False
 
     def validate(self) -> None:
         if self.on_mismatch not in ON_MISMATCH:

@@ -38,6 +38,7 @@ ERRORS_SUFFIX = "_errors.jsonl"
 # The join's `--on-mismatch list`: per shard, then for the run, the samples whose image to fetch again.
 REFETCH_SUFFIX = "_refetch.jsonl"
 REFETCH_FILE = "refetch.parquet"
+JOIN_INPUTS_FILE = "join_inputs.json"  # a join's record of its inputs (pipeline/join_inputs.py)
 _GLOB_CHARS = frozenset("*?[")
 
 

@@ -197,3 +197,17 @@ def own_run(
         write_public_half(tar, public / tar.name)
     shutil.copy(reinforced / "config.json", public / "config.json")
     return SimpleNamespace(reinforced=reinforced, public=public)
+
+
+@pytest.fixture
+def refusal(capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
+    """`refusal()`: the one line a refused command printed (on stderr, no traceback, nothing else)."""
+
+    def line() -> str:
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert "Traceback" not in captured.err + captured.out
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+        return lines[0]
+
+    return line
