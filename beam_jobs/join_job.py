@@ -8,6 +8,7 @@ run (which raw tar holds a uid is only known by reading them all).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 
@@ -41,6 +42,12 @@ from shards.storage import unusable_beam_args
 _LOG = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass
+class JoinOutcome(JobOutcome):
+    rejoined: int = 0  # finished shards joined again with new raw inputs (--rejoin-missing)
+    rejoined_before: int = 0  # pairs they held before
+
+
 def _match(pattern: str, flag: str, suffix: str) -> list[str]:
     try:
         paths = [p for p in storage.match(pattern) if p.endswith(suffix)]
@@ -51,7 +58,7 @@ def _match(pattern: str, flag: str, suffix: str) -> list[str]:
     return paths
 
 
-def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: bool = True) -> JobOutcome:
+def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: bool = True) -> JoinOutcome:
     """Run (or resume) the join; raises ConfigError before any work when misconfigured."""
     settings.validate()
     unusable = unusable_beam_args(beam_args)
@@ -119,10 +126,12 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
             "give --raw the shards img2dataset downloaded for these reinforced shards"
         )
     summary, written = run_result(settings.output_dir, shards)
-    return JobOutcome(
+    return JoinOutcome(
         summary=summary,
         shards_already_done=len(shards) - len(pending),
         written_this_run=sum(written.get(shard, 0) for shard in pending),
         wall_seconds=wall,
         counters=beam_counters(result),
+        rejoined=len(inputs.rejoined),
+        rejoined_before=inputs.rejoined_written,
     )

@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     if outcome is None:
         return code
     summary = report_run(outcome, args.output)
+    if args.rejoin_missing:
+        print(
+            f"rejoined {outcome.rejoined} finished shard(s) with missing pairs, using every raw input so "
+            f"far: they held {outcome.rejoined_before} pairs; this run wrote {outcome.written_this_run}"
+        )
     if summary.matched_by:
         kinds = ", ".join(f"{kind} {count}" for kind, count in summary.matched_by.items())
         print(f"pairs joined by the reinforced json hash their image matched: {kinds}")

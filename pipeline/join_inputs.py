@@ -36,6 +36,7 @@ class JoinInputs:
     metadata_paths: list[str]
     pending: list[str]  # output shard names to write: unfinished ones, and finished ones to rejoin
     rejoined: list[str]  # finished shards among `pending`
+    rejoined_written: int  # pairs those shards held before
     record: dict[str, Any]  # the new join_inputs.json
 
 
@@ -80,7 +81,7 @@ def plan_inputs(
                 f"--rejoin-missing adds raw inputs to a finished join, and {output_dir} holds none with "
                 "its inputs recorded: run the join without --rejoin-missing"
             )
-        return JoinInputs(raw, metadata, unfinished, [], {"runs": [run]})
+        return JoinInputs(raw, metadata, unfinished, [], 0, {"runs": [run]})
     known_raw, known_metadata = _recorded(record, "raw_files"), _recorded(record, "metadata_files")
     if not rejoin_missing:
         if (raw, metadata) != (known_raw, known_metadata):
@@ -88,7 +89,7 @@ def plan_inputs(
                 f"{output_dir} was joined with other raw inputs ({_describe(record)}): to join the pairs it "
                 "lists missing with these as well, add --rejoin-missing; to start over, pick a new --output"
             )
-        return JoinInputs(raw, metadata, unfinished, [], record)
+        return JoinInputs(raw, metadata, unfinished, [], 0, record)
     new = sorted(set(raw + metadata) - set(known_raw + known_metadata))
     if not new and not unfinished:
         raise ConfigError(
@@ -107,6 +108,7 @@ def plan_inputs(
         metadata_paths=sorted(set(known_metadata) | set(metadata)),
         pending=sorted(unfinished + rejoined),
         rejoined=rejoined,
+        rejoined_written=sum(done[shard].num_written for shard in rejoined),
         record={"runs": [*record["runs"], run]} if new else record,
     )
 

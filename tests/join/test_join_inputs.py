@@ -75,6 +75,10 @@ def test_rejoin_missing_adds_the_refetched_shards_and_equals_one_join_of_all(
     assert main(_args(join_input, "DATACOMP_refetch/*.tar", "out", "--rejoin-missing")) == 0
     after = json.loads(Path("out/summary.json").read_text())
     assert after["num_written"] > first["num_written"]
+    said = f"they held {first['num_written']} pairs; this run wrote {after['num_written']}"
+    assert f"rejoined 2 finished shard(s) with missing pairs, using every raw input so far: {said}" in (
+        capsys.readouterr().out
+    )
     assert _files(Path("out")) == _files(joined)  # as if every raw shard had been there at first
     record = json.loads(Path("out/join_inputs.json").read_text())
     assert [run["raw"] for run in record["runs"]] == ["DATACOMP/*.tar", "DATACOMP_refetch/*.tar"]
