@@ -12,6 +12,9 @@ Where a sample stores view fingerprints (`view_sha`), every view is re-rendered 
 `param_aug` entry here and hashed: a view whose pixels differ from what the teachers saw (another
 Pillow build, contract §3) is a `replay_differs` problem, and the notes give both image stacks.
 Shards written before fingerprints have nothing to check, which the notes say.
+
+With `--raw`, every image must be the raw sample's of its uid: in the raw shard of the same name for
+our reinforce runs (their input), in any raw shard for a join's output or published shards.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from PIL import Image
 
 from shards import storage
 from shards.raw import RawSample, iter_raw_shard
-from shards.reinforced import V1_FAMILY, ReinforcedSample, ShardEntry, iter_entries
+from shards.reinforced import IMAGE_SHA256, V1_FAMILY, ReinforcedSample, ShardEntry, iter_entries
 from shards.run_config import augmenter_from_config, fingerprints_checkable
 from shards.run_folder import RunFolder, ShardStats, committed_shards, open_run, shard_name
 from shards.storage import parse_known_beam_args
@@ -368,6 +371,9 @@ class Validator:
             absent = [name for name in ("sha256", "width", "height") if name not in sample.meta]
             if absent:
                 self.problem(shard, key, "bad_meta", f"json has no {', '.join(absent)}")
+        recorded = sample.meta.get(IMAGE_SHA256)
+        if recorded is not None and sample.image and recorded != hashlib.sha256(sample.image).hexdigest():
+            self.problem(shard, key, "image_hash_mismatch", f"json {IMAGE_SHA256} is not the hash of the jpg")
         self._check_counts(shard, key, sample)
         self._check_norms(shard, key, sample)
         image = self._check_image(shard, entry, sample)

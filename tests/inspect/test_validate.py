@@ -230,6 +230,7 @@ def test_missing_members_and_changed_images_are_caught(make_run, sample_raw_dir:
     problems = problems_of(run, raw_dir=str(sample_raw_dir))
     assert [(p.reason, p.detail) for p in problems] == [
         ("missing_member", "no url.txt"),
+        ("image_hash_mismatch", "json image_sha256 is not the hash of the jpg"),  # caught without the raw
         ("image_changed", "image bytes differ from the raw input's"),
     ]
 
@@ -250,6 +251,7 @@ def test_undecodable_image_and_wrong_sizes_are_caught(make_run) -> None:
     rewrite_shard(shard, damage)
     problems = problems_of(run)
     assert [(p.reason, p.detail.split(":")[0]) for p in problems] == [
+        ("image_hash_mismatch", "json image_sha256 is not the hash of the jpg"),
         ("bad_image", "undecodable"),
         ("bad_meta", "json says 101x100, the image decodes to 100x100"),  # the 100 px retina photo
     ]
