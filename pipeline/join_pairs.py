@@ -133,10 +133,14 @@ def choose_raw(meta: Mapping[str, Any], refs: tuple[RawRef, ...]) -> Pairing:
         if ref.sha256 == expected:
             return Pairing(ref, matched_by=kind)
     first = ordered[0]
-    if str(first.meta.get("sha256", "")).lower() == expected:
+    downloaded = str(meta.get("sha256", "")).lower()
+    if downloaded and str(first.meta.get("sha256", "")).lower() == downloaded:
         detail = (
             "the downloader re-encoded or resized the image: its json sha256 matches, the stored bytes "
             "do not (download again with disable_all_reencoding)"
+            if kind == "sha256"
+            else "the same download stored as other bytes than the ones the views were drawn on "
+            "(resized or re-encoded otherwise)"
         )
     else:
         detail = f"a different image: neither the stored bytes nor the raw json's sha256 match {kind}"

@@ -101,9 +101,7 @@ def join_run_config(
 ) -> dict[str, Any]:
     """The output's config.json: the source's (flags override its teacher widths), else one built
     from the flags and the first sample."""
-    join = {
-        "on_mismatch": settings.on_mismatch
-    }  # its inputs, which --rejoin-missing adds to: join_inputs.json
+    join = {"on_mismatch": settings.on_mismatch}  # the inputs, which a rejoin adds to: join_inputs.json
     config = dict(source or {})
     if settings.teacher_dims:
         scales = settings.kd_logit_scales or (PUBLIC_KD_LOGIT_SCALE,) * len(settings.teacher_dims)

@@ -129,6 +129,12 @@ def test_a_reencoded_download_is_told_apart_from_a_different_image():
     refs = (_ref("k2", "aa", "aa"), _ref("k1", "bb", "aa"))
     meta = {"sha256": "aa"}
     assert choose_raw(meta, refs).ref.key == "k2" and choose_raw(meta, refs[::-1]).ref.key == "k2"
+    assert choose_raw(meta, refs).matched_by == "sha256"
+    # Our own shards: the bytes the job decoded decide, the original download's hash only explains.
+    ours = {"sha256": "aa", "image_sha256": "bb"}
+    assert choose_raw(ours, refs).ref.key == "k1" and choose_raw(ours, refs).matched_by == "image_sha256"
+    resized = choose_raw(ours, (_ref("k", "cc", "aa"),))
+    assert resized.reason == "hash_mismatch" and "the same download stored as other bytes" in resized.detail
 
 
 def test_boxes_must_lie_inside_the_decoded_image():
