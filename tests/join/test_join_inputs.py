@@ -54,6 +54,7 @@ def _args(join_input, raw: str, out: str, *extra: str, metadata: bool = True) ->
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_rejoin_missing_adds_the_refetched_shards_and_equals_one_join_of_all(
     join_input, joined, two_downloads, capsys, refusal
 ):
