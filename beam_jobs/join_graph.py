@@ -104,20 +104,22 @@ def has_both_sides(item: tuple[str, dict[str, Iterable[Any]]]) -> int:
 
 
 class WriteRunFilesFn(beam.DoFn):
-    """Runs once, when the uids are joined: config.json and the inputs record, only if some uid
-    matched. Output: whether the shards may be written."""
+    """Runs once, when the uids are joined: config.json and the inputs record, unless there were
+    shards to join and no uid matched. Output: whether the shards and the manifest may be written."""
 
-    def __init__(self, output_dir: str, config: dict[str, Any], record: bytes) -> None:
+    def __init__(self, output_dir: str, config: dict[str, Any], record: bytes, *, any_pending: bool) -> None:
         self._output_dir = output_dir
         self._config = config
         self._record = record
+        self._any_pending = any_pending
 
     def process(self, _start: None, matched: int) -> Iterable[bool]:
         _count("uids_matched", matched)
-        if matched:
+        ready = bool(matched) or not self._any_pending  # a finished run's rerun only finalizes again
+        if ready:
             write_or_check_run_config(self._output_dir, self._config)
             storage.write_bytes_atomic(storage.join(self._output_dir, JOIN_INPUTS_FILE), self._record)
-        yield bool(matched)
+        yield ready
 
 
 class JoinShardFn(beam.DoFn):
@@ -211,7 +213,10 @@ def build_graph(
         pipeline
         | "Start" >> beam.Create([None])
         | "WriteRunFiles"
-        >> beam.ParDo(WriteRunFilesFn(settings.output_dir, config, record), beam.pvalue.AsSingleton(matched))
+        >> beam.ParDo(
+            WriteRunFilesFn(settings.output_dir, config, record, any_pending=bool(pending)),
+            beam.pvalue.AsSingleton(matched),
+        )
     )
     done = (
         {"path": shard_paths, "pairs": routed}

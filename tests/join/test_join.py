@@ -205,3 +205,14 @@ def test_config_widths_that_do_not_fit_the_embeddings_are_refused(join_input, jo
     assert main([*args, "--config", str(config)]) == 2
     assert "config.json's teachers 10,10: columns 0-9" in refusal()
     assert not out.exists()
+
+
+def test_a_rerun_of_a_finished_join_writes_its_missing_manifest_again(
+    joined, join_input, join_args, tmp_path
+):
+    """Killed after the last shard, before the manifest: the same command finishes the run."""
+    again = tmp_path / "again"
+    shutil.copytree(joined, again)
+    (again / "manifest.jsonl").unlink()
+    assert main(join_args(join_input, again, "--on-mismatch", "list")) == 0
+    assert (again / "manifest.jsonl").read_bytes() == (joined / "manifest.jsonl").read_bytes()
