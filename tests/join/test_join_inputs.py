@@ -125,3 +125,12 @@ def test_a_raw_side_without_any_of_the_uids_writes_nothing(join_input, tmp_path,
     line = refusal()
     assert "has the uid of a sample in the 2 reinforced shard(s)" in line and "nothing was written" in line
     assert not out.exists()
+
+
+def test_rejoin_missing_needs_the_earlier_raw_inputs(join_input, two_downloads, refusal):
+    assert main(_args(join_input, "DATACOMP/*.tar", "out")) == 0
+    (two_downloads / "DATACOMP" / "00001.tar").unlink()
+    before = _snapshot(Path("out"))
+    assert main(_args(join_input, "DATACOMP_refetch/*.tar", "out", "--rejoin-missing")) == 2
+    assert "1 of them are gone (e.g. DATACOMP/00001.tar)" in refusal()
+    assert _snapshot(Path("out")) == before
