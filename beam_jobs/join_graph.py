@@ -2,8 +2,13 @@
 
     reinforced shards ─ (uid, shard) ────┐
     raw shards ─ (uid, RawRef) ──────────┼─ CoGroupByKey(uid) ─ route ─┐
-    metadata parquet ─ (uid, text) ──────┘                             ├─ CoGroupByKey(shard)
+    metadata parquet ─ (uid, text) ──────┘        └─ count matched uids ─ run files (side input)
+                                                                       ├─ CoGroupByKey(shard)
     pending reinforced shards ─ (shard, path) ─────────────────────────┘     ─ join shard ─ finalize
+
+Nothing is written before the uid join has found at least one uid on both sides: a run whose raw
+side holds none of the reinforced uids (a wrong --raw) writes no config.json, no shard, no manifest,
+rather than shards of skipped pairs that would count as done.
 
 Only small records cross the shuffles: a reinforced uid with its shard name, and per raw sample a
 `RawRef` (where its image is, its sha256, caption and json; the image bytes themselves only for a
@@ -27,7 +32,8 @@ from beam_jobs.reinforce_graph import NAMESPACE, FinalizeRunFn
 from pipeline.join_pairs import JoinShardSettings, RawRef, UidSources, index_raw_shard, join_shard
 from shards import storage
 from shards.reinforced import iter_members
-from shards.run_folder import REFETCH_FILE, committed_shards, output_paths
+from shards.run_config import write_or_check_run_config
+from shards.run_folder import JOIN_INPUTS_FILE, REFETCH_FILE, committed_shards, output_paths
 
 _LOG = logging.getLogger(__name__)
 METADATA_COLUMNS = ("uid", "text")  # DataComp's metadata parquet: the uid and the original alt-text
@@ -91,17 +97,42 @@ def route_to_shards(
         yield shard, (uid, sources)
 
 
+def has_both_sides(item: tuple[str, dict[str, Iterable[Any]]]) -> int:
+    """1 for a uid that some pending reinforced shard holds and some raw sample has."""
+    sides = item[1]
+    return int(any(True for _ in sides["reinforced"]) and any(True for _ in sides["raw"]))
+
+
+class WriteRunFilesFn(beam.DoFn):
+    """Runs once, when the uids are joined: config.json and the inputs record, unless there were
+    shards to join and no uid matched. Output: whether the shards and the manifest may be written."""
+
+    def __init__(self, output_dir: str, config: dict[str, Any], record: bytes, *, any_pending: bool) -> None:
+        self._output_dir = output_dir
+        self._config = config
+        self._record = record
+        self._any_pending = any_pending
+
+    def process(self, _start: None, matched: int) -> Iterable[bool]:
+        _count("uids_matched", matched)
+        ready = bool(matched) or not self._any_pending  # a finished run's rerun only finalizes again
+        if ready:
+            write_or_check_run_config(self._output_dir, self._config)
+            storage.write_bytes_atomic(storage.join(self._output_dir, JOIN_INPUTS_FILE), self._record)
+        yield ready
+
+
 class JoinShardFn(beam.DoFn):
-    """Input: (shard name, {"path": [tar path], "pairs": [(uid, UidSources)]}). Output: the shard name
-    once its stats file (the commit) is written."""
+    """Input: (shard name, {"path": [tar path], "pairs": [(uid, UidSources)]}) and whether the run
+    files are written. Output: the shard name once its stats file (the commit) is written."""
 
     def __init__(self, settings: JoinShardSettings) -> None:
         self._settings = settings
 
-    def process(self, item: tuple[str, dict[str, Iterable[Any]]]) -> Iterable[str]:
+    def process(self, item: tuple[str, dict[str, Iterable[Any]]], ready: bool) -> Iterable[str]:
         shard, sides = item
         paths = list(sides["path"])
-        if paths:  # else: uids of a shard an earlier run already finished
+        if paths and ready:  # else: uids of a shard an earlier run already finished, or a refused run
             yield self._join(shard, paths[0], dict(sides["pairs"]))
 
     def _join(self, shard: str, path: str, sources: dict[str, UidSources]) -> str:
@@ -150,8 +181,11 @@ def build_graph(
     all_shards: list[str],
     raw_paths: list[str],
     metadata_paths: list[str],
+    config: dict[str, Any],
+    record: bytes,
 ) -> None:
-    """`pending`: output shard name -> its reinforced tar, for shards still to do."""
+    """`pending`: output shard name -> its reinforced tar, for shards to (re)write; `config` and
+    `record`: the run's config.json and inputs record, written once a uid matched."""
     pending_items = sorted(pending.items())
     shard_paths = pipeline | "PendingShards" >> beam.Create(pending_items, reshuffle=False)
     reinforced = (
@@ -170,16 +204,26 @@ def build_graph(
         | "MetadataFiles" >> beam.Create(metadata_paths, reshuffle=False)
         | "MetadataCaptions" >> beam.ParDo(MetadataCaptionsFn())
     )
-    routed = (
-        {"reinforced": reinforced, "raw": raw, "metadata": metadata}
-        | "JoinByUid" >> beam.CoGroupByKey()
-        | "RouteToShards" >> beam.FlatMap(route_to_shards)
+    by_uid = {"reinforced": reinforced, "raw": raw, "metadata": metadata} | "JoinByUid" >> beam.CoGroupByKey()
+    routed = by_uid | "RouteToShards" >> beam.FlatMap(route_to_shards)
+    matched = (
+        by_uid | "HasBothSides" >> beam.Map(has_both_sides) | "CountMatched" >> beam.CombineGlobally(sum)
+    )
+    ready = beam.pvalue.AsSingleton(
+        pipeline
+        | "Start" >> beam.Create([None])
+        | "WriteRunFiles"
+        >> beam.ParDo(
+            WriteRunFilesFn(settings.output_dir, config, record, any_pending=bool(pending)),
+            beam.pvalue.AsSingleton(matched),
+        )
     )
     done = (
         {"path": shard_paths, "pairs": routed}
         | "GroupByShard" >> beam.CoGroupByKey()
-        | "JoinShard" >> beam.ParDo(JoinShardFn(settings))
+        | "JoinShard" >> beam.ParDo(JoinShardFn(settings), ready)
         | "AllShardsDone" >> beam.combiners.ToList()
+        | "OnlyIfMatched" >> beam.Filter(lambda _shards, ready: ready, ready)
     )
     _ = done | "WriteManifest" >> beam.ParDo(FinalizeRunFn(settings.output_dir, all_shards))
     if settings.on_mismatch == "list":

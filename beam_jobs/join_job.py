@@ -1,12 +1,14 @@
 """Launch one join run: list both sides, write or check config.json, run the graph on the pending shards.
 
-A shard is done when its stats file exists; a rerun joins only the others. The raw side is indexed
-again on every run (which raw tar holds a uid is only known by reading them all).
+A shard is done when its stats file exists; a rerun joins only the others, with the same raw inputs
+(`--rejoin-missing` adds raw inputs: pipeline/join_inputs.py). The raw side is indexed again on every
+run (which raw tar holds a uid is only known by reading them all).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 
@@ -16,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs.join_graph import build_graph
 from beam_jobs.reinforce_job import JobOutcome, beam_counters
 from beam_jobs.runners import create_runner, is_local
+from pipeline.join_inputs import plan_inputs, record_bytes, run_record
 from pipeline.join_settings import (
     JoinSettings,
     first_sample_shape,
@@ -27,6 +30,7 @@ from pipeline.progress import ShardProgress
 from shards import storage
 from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
+    CONFIG_FILE,
     committed_shards,
     remove_stale_temporaries,
     run_result,
@@ -36,6 +40,12 @@ from shards.run_inputs import find_input_shards
 from shards.storage import unusable_beam_args
 
 _LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class JoinOutcome(JobOutcome):
+    rejoined: int = 0  # finished shards joined again with new raw inputs (--rejoin-missing)
+    rejoined_before: int = 0  # pairs they held before
 
 
 def _match(pattern: str, flag: str, suffix: str) -> list[str]:
@@ -48,7 +58,7 @@ def _match(pattern: str, flag: str, suffix: str) -> list[str]:
     return paths
 
 
-def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: bool = True) -> JobOutcome:
+def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: bool = True) -> JoinOutcome:
     """Run (or resume) the join; raises ConfigError before any work when misconfigured."""
     settings.validate()
     unusable = unusable_beam_args(beam_args)
@@ -67,14 +77,20 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
         else []
     )
     config = join_run_config(settings, first_sample_shape(reinforced), source_config(settings))
-    write_or_check_run_config(settings.output_dir, config)
+    if storage.exists(storage.join(settings.output_dir, CONFIG_FILE)):
+        write_or_check_run_config(settings.output_dir, config)  # a rerun: the same settings, or stop now
     shards = [shard_name(p) for p in reinforced]
-    done = committed_shards(settings.output_dir)
-    pending = {shard_name(p): p for p in reinforced if shard_name(p) not in done}
-    for shard in pending:  # a killed earlier attempt may have left temporaries behind
-        remove_stale_temporaries(settings.output_dir, shard)
+    run = run_record(settings, raw, metadata)
+    inputs = plan_inputs(settings.output_dir, shards, run, rejoin_missing=settings.rejoin_missing)
+    paths = {shard_name(p): p for p in reinforced}
+    pending = {shard: paths[shard] for shard in inputs.pending}
+    remove_stale_temporaries(settings.output_dir, pending)  # a killed earlier attempt's
     _LOG.info(
-        "%d output shards, %d already done, %d to do", len(shards), len(shards) - len(pending), len(pending)
+        "%d output shards, %d already done, %d to do (%d of them joined again with new raw inputs)",
+        len(shards),
+        len(shards) - len(pending),
+        len(pending),
+        len(inputs.rejoined),
     )
 
     start = time.monotonic()
@@ -84,8 +100,10 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
         shard_settings(settings, config),
         pending=pending,
         all_shards=shards,
-        raw_paths=raw,
-        metadata_paths=metadata,
+        raw_paths=inputs.raw_paths,
+        metadata_paths=inputs.metadata_paths,
+        config=config,
+        record=record_bytes(inputs.record),
     )
     local = is_local(options)
     with (
@@ -101,11 +119,19 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
             if client is not None:
                 client.close()
     wall = time.monotonic() - start
+    if pending and not committed_shards(settings.output_dir) & set(pending):
+        raise ConfigError(
+            f"no raw sample of --raw {settings.raw_pattern!r} ({len(inputs.raw_paths)} tar files) has the "
+            f"uid of a sample in the {len(pending)} reinforced shard(s) to join, so nothing was written: "
+            "give --raw the shards img2dataset downloaded for these reinforced shards"
+        )
     summary, written = run_result(settings.output_dir, shards)
-    return JobOutcome(
+    return JoinOutcome(
         summary=summary,
         shards_already_done=len(shards) - len(pending),
         written_this_run=sum(written.get(shard, 0) for shard in pending),
         wall_seconds=wall,
         counters=beam_counters(result),
+        rejoined=len(inputs.rejoined),
+        rejoined_before=inputs.rejoined_written,
     )

@@ -12,6 +12,9 @@ Where a sample stores view fingerprints (`view_sha`), every view is re-rendered 
 `param_aug` entry here and hashed: a view whose pixels differ from what the teachers saw (another
 Pillow build, contract §3) is a `replay_differs` problem, and the notes give both image stacks.
 Shards written before fingerprints have nothing to check, which the notes say.
+
+With `--raw`, every image must be the raw sample's of its uid: in the raw shard of the same name for
+our reinforce runs (their input), in any raw shard for a join's output or published shards.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from PIL import Image
 
 from shards import storage
 from shards.raw import RawSample, iter_raw_shard
-from shards.reinforced import V1_FAMILY, ReinforcedSample, ShardEntry, iter_entries
+from shards.reinforced import IMAGE_SHA256, V1_FAMILY, ReinforcedSample, ShardEntry, iter_entries
 from shards.run_config import augmenter_from_config, fingerprints_checkable
 from shards.run_folder import RunFolder, ShardStats, committed_shards, open_run, shard_name
 from shards.storage import parse_known_beam_args
@@ -63,6 +66,7 @@ REQUIRED_CONFIG_KEYS = (
 OUR_MEMBERS = ("url.txt", "txt", "jpg", "json", "syn.json", "paug.json")
 PUBLISHED_MEMBERS = ("url.txt", "json", "syn.json", "paug.json")
 EMBEDDING_MEMBERS = {"fp32": "npz", "bf16": "pth.gz"}
+_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +138,9 @@ class Validator:
         self.param_aug_version = _int_or_none(config.get("param_aug_version")) or PARAM_AUG_VERSION
         self.augmenter = self._augmenter(config)
         self.check_fingerprints = fingerprints_checkable(run.config)
+        # A join's output shards follow the reinforced shards, not the raw ones (config.json `join`).
+        self._from_raw_shards = run.config is not None and "join" not in run.config
+        self._raw_by_uid: dict[str, tuple[str, frozenset[str]]] | None = None
         self.replay: Counter[str] = Counter()  # views checked / differing; samples without fingerprints
 
     def problem(self, path: str, key: str, reason: str, detail: str) -> None:
@@ -364,6 +371,9 @@ class Validator:
             absent = [name for name in ("sha256", "width", "height") if name not in sample.meta]
             if absent:
                 self.problem(shard, key, "bad_meta", f"json has no {', '.join(absent)}")
+        recorded = sample.meta.get(IMAGE_SHA256)
+        if recorded is not None and sample.image and recorded != hashlib.sha256(sample.image).hexdigest():
+            self.problem(shard, key, "image_hash_mismatch", f"json {IMAGE_SHA256} is not the hash of the jpg")
         self._check_counts(shard, key, sample)
         self._check_norms(shard, key, sample)
         image = self._check_image(shard, entry, sample)
@@ -530,30 +540,55 @@ class Validator:
 
     # -- raw input --------------------------------------------------------------------------------
 
-    def _raw_digests(self, shard: str) -> dict[str, tuple[str, str]]:
-        """uid -> (input key, sha256 of the image bytes) for the raw shard this output came from."""
+    def _raw_digests(self, shard: str) -> dict[str, tuple[str, frozenset[str]]]:
+        """uid -> (input key, sha256s of its raw image bytes) for the raw samples `shard` is paired with.
+
+        Our reinforce (and extend) runs: the raw shard of the same name, which was the input. Joined or
+        published shards: every raw shard, by uid, since their sharding has nothing to do with the raw
+        side's (read once, kept for the other shards)."""
         assert self.raw_dir is not None
+        if not self._from_raw_shards:
+            if self._raw_by_uid is None:
+                self._raw_by_uid = self._index_raw(self._raw_folder_shards())
+            return self._raw_by_uid
         raw_path = storage.join(self.raw_dir, storage.basename(shard))
-        digests: dict[str, tuple[str, str]] = {}
         if not storage.exists(raw_path):
             self.problem(raw_path, "", "missing_raw", f"no raw shard for {storage.basename(shard)}")
-            return digests
-        for item in iter_raw_shard(raw_path):
-            if isinstance(item, RawSample):
-                digests[item.uid] = (item.key, hashlib.sha256(item.image).hexdigest())
+            return {}
+        return self._index_raw([raw_path])
+
+    def _raw_folder_shards(self) -> list[str]:
+        assert self.raw_dir is not None
+        pattern = self.raw_dir if _GLOB_CHARS & set(self.raw_dir) else storage.join(self.raw_dir, "*.tar")
+        paths = [path for path in storage.match(pattern) if path.endswith(".tar")]
+        if not paths:
+            self.problem(self.raw_dir, "", "missing_raw", f"no raw .tar shard matches {pattern}")
+        return paths
+
+    @staticmethod
+    def _index_raw(paths: list[str]) -> dict[str, tuple[str, frozenset[str]]]:
+        digests: dict[str, tuple[str, frozenset[str]]] = {}
+        for path in paths:
+            for item in iter_raw_shard(path):
+                if isinstance(item, RawSample):
+                    key, known = digests.get(item.uid, (item.key, frozenset()))
+                    digests[item.uid] = (key, known | {hashlib.sha256(item.image).hexdigest()})
         return digests
 
-    def _check_raw(self, shard: str, entry: ShardEntry, raw: dict[str, tuple[str, str]]) -> None:
+    def _check_raw(self, shard: str, entry: ShardEntry, raw: dict[str, tuple[str, frozenset[str]]]) -> None:
         if entry.key not in raw:
             self.problem(shard, entry.key, "not_in_raw", "no raw input sample has this uid or key")
             return
         assert entry.sample is not None
-        if hashlib.sha256(entry.sample.image).hexdigest() != raw[entry.key][1]:
+        if hashlib.sha256(entry.sample.image).hexdigest() not in raw[entry.key][1]:
             self.problem(shard, entry.key, "image_changed", "image bytes differ from the raw input's")
 
-    def _check_raw_coverage(self, shard: str, written: set[str], raw: dict[str, tuple[str, str]]) -> None:
-        """Every good raw sample is either written or recorded as skipped: nothing is lost silently."""
-        records = self.run.errors(shard) if self.is_our_run else None
+    def _check_raw_coverage(
+        self, shard: str, written: set[str], raw: dict[str, tuple[str, frozenset[str]]]
+    ) -> None:
+        """Every good raw sample is either written or recorded as skipped: nothing is lost silently
+        (only where the raw shard was the output shard's input)."""
+        records = self.run.errors(shard) if self.is_our_run and self._from_raw_shards else None
         if records is None:
             return
         recorded = {str(record.get("key")) for record in records}
@@ -601,7 +636,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.validate", description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a shard, a glob of shards, or an output folder (local, gs://, s3://)")
     parser.add_argument(
-        "--raw", metavar="RAWDIR", help="raw input folder: check every image is byte-identical"
+        "--raw",
+        metavar="RAWDIR",
+        help="raw input folder (or a glob of raw tars): check every image is byte-identical to the raw "
+        "sample of its uid (of the raw shard of the same name for our reinforce runs)",
     )
     parser.add_argument(
         "--teacher-dims",

@@ -24,7 +24,8 @@ NNNNNNNN_stats.json (written last: the shard is done; `skipped` counts by reason
 --on-mismatch list NNNNNNNN_refetch.jsonl. Per run: config.json, manifest.jsonl, summary.json and,
 with --on-mismatch list, refetch.parquet (uid, url, reason) for img2dataset. Reasons: image_missing,
 hash_mismatch, box_out_of_bounds, caption_missing, image_undecodable, bad_reinforced_sample,
-layout_mismatch. Re-running the same command resumes after the done shards.
+layout_mismatch. Re-running the same command resumes after the done shards; join_inputs.json records
+each run's inputs, and a rerun with other --raw inputs is refused unless --rejoin-missing.
 Any other --flag is a Beam pipeline option (--runner DirectRunner, --direct_num_workers 2, ...).
 """
 
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_floats,
         help="KD logit scale per teacher with --teacher-dims (default 100 each)",
     )
+    parser.add_argument(
+        "--rejoin-missing",
+        action="store_true",
+        help="add raw inputs to a finished join (e.g. the images of refetch.parquet, fetched again): the "
+        "shards with missing pairs are joined again with the earlier and the new raw shards",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
     return parser
 
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         config_path=args.config,
         teacher_dims=tuple(args.teacher_dims) if args.teacher_dims else None,
         kd_logit_scales=args.kd_logit_scales,
+        rejoin_missing=args.rejoin_missing,
     )
     outcome, code = launch(
         lambda: run_join(settings, beam_args, show_progress=not args.no_progress), args.output
@@ -95,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     if outcome is None:
         return code
     summary = report_run(outcome, args.output)
+    if args.rejoin_missing:
+        print(
+            f"rejoined {outcome.rejoined} finished shard(s) with missing pairs, using every raw input so "
+            f"far: they held {outcome.rejoined_before} pairs; this run wrote {outcome.written_this_run}"
+        )
+    if summary.matched_by:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in summary.matched_by.items())
+        print(f"pairs joined by the reinforced json hash their image matched: {kinds}")
     if summary.num_skipped or summary.shard_errors:
         where = storage.join(args.output, "*" + ERRORS_SUFFIX)
         print(f"{summary.num_skipped} pair(s) not joined; each is listed with its reason in {where}")

@@ -7,8 +7,9 @@ image with one ranged read, so a worker holds the shard's index (about 1 KB per 
 sample at a time, never a shard of images.
 
 A crop box is only valid on the exact image it was sampled on, so a pair is written only when the
-stored image bytes hash to the reinforced `json.sha256` and every stored box lies inside the
-decoded image; everything else is skipped and counted by reason (`JoinReason`).
+stored image bytes hash to the reinforced json's `image_sha256` (our runs: the bytes the job decoded)
+or, without it, its `sha256` (the public release), and every stored box lies inside the decoded
+image; everything else is skipped and counted by reason (`JoinReason`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image
 
 from shards import storage
 from shards.raw import RawSample, SkippedSample, iter_raw_shard
-from shards.reinforced import EmbeddingDtype, Layout, ReinforcedSample, iter_entries
+from shards.reinforced import IMAGE_SHA256, EmbeddingDtype, Layout, ReinforcedSample, iter_entries
 from shards.run_folder import ShardStats, output_paths, shard_name, write_shard_outcome
 from shards.writer import ShardWriter
 from transforms.params import InvalidParamsError, decode_param_aug
@@ -102,9 +103,20 @@ class Pairing:
     ref: RawRef | None
     reason: str | None = None
     detail: str = ""
+    matched_by: str | None = None  # which reinforced json hash the stored bytes matched
 
 
-def choose_raw(expected_sha256: Any, refs: tuple[RawRef, ...]) -> Pairing:
+def expected_hash(meta: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(json key, lowercase hash) a raw image must match: our `image_sha256` (the bytes the job
+    decoded) when the reinforced json has it, else `sha256` (the original download's, as published)."""
+    for kind in (IMAGE_SHA256, "sha256"):
+        value = meta.get(kind)
+        if isinstance(value, str) and value:
+            return kind, value.lower()
+    return None
+
+
+def choose_raw(meta: Mapping[str, Any], refs: tuple[RawRef, ...]) -> Pairing:
     """The raw sample whose stored bytes are the reinforced image; else why there is none.
 
     Among several raw samples of one uid (the same uid in two raw shards), the first exact match in
@@ -113,20 +125,25 @@ def choose_raw(expected_sha256: Any, refs: tuple[RawRef, ...]) -> Pairing:
     if not refs:
         return Pairing(None, JoinReason.IMAGE_MISSING, "no raw sample has this uid")
     ordered = sorted(refs, key=lambda ref: ref.order)
-    if not isinstance(expected_sha256, str) or not expected_sha256:
+    wanted = expected_hash(meta)
+    if wanted is None:
         return Pairing(None, JoinReason.HASH_MISMATCH, "the reinforced json has no sha256 to check against")
-    expected = expected_sha256.lower()
+    kind, expected = wanted
     for ref in ordered:
         if ref.sha256 == expected:
-            return Pairing(ref)
+            return Pairing(ref, matched_by=kind)
     first = ordered[0]
-    if str(first.meta.get("sha256", "")).lower() == expected:
+    downloaded = str(meta.get("sha256", "")).lower()
+    if downloaded and str(first.meta.get("sha256", "")).lower() == downloaded:
         detail = (
             "the downloader re-encoded or resized the image: its json sha256 matches, the stored bytes "
             "do not (download again with disable_all_reencoding)"
+            if kind == "sha256"
+            else "the same download stored as other bytes than the ones the views were drawn on "
+            "(resized or re-encoded otherwise)"
         )
     else:
-        detail = "a different image: neither the stored bytes nor the raw json's sha256 match"
+        detail = f"a different image: neither the stored bytes nor the raw json's sha256 match {kind}"
     return Pairing(None, JoinReason.HASH_MISMATCH, f"{first.key}: {detail}")
 
 
@@ -202,6 +219,7 @@ def join_shard(
     skips: list[SkippedSample] = []
     refetch: list[dict[str, Any]] = []
     embedding_member = "npz" if settings.embedding_dtype == "fp32" else "pth.gz"
+    storage.delete(paths["stats"])  # a finished shard joined again is not done until its new stats
     reader = RawReader()
     try:
         with ShardWriter(paths["tar"], paths["parquet"], settings.layout, settings.embedding_dtype) as writer:
@@ -219,14 +237,19 @@ def join_shard(
                 elif embedding_member not in entry.members:
                     skip = SkippedSample(entry.key, JoinReason.LAYOUT_MISMATCH, f"no {embedding_member}")
                 else:
-                    joined, skip = _join_sample(entry.sample, sources.get(entry.key), reader)
-                    if joined is not None:
+                    result = _join_sample(entry.sample, sources.get(entry.key), reader)
+                    if isinstance(result, SkippedSample):
+                        skip = result
+                    else:
+                        joined, kind = result
+                        skip = None
                         try:
                             writer.write(joined)
                         except ValueError as error:  # a caption family the run's layout cannot hold
                             skip = SkippedSample(entry.key, JoinReason.LAYOUT_MISMATCH, str(error))
                         else:
                             stats.num_written += 1
+                            stats.matched_by[kind] = stats.matched_by.get(kind, 0) + 1
                 if skip is not None:
                     stats.skipped[skip.reason] = stats.skipped.get(skip.reason, 0) + 1
                     skips.append(skip)
@@ -246,28 +269,30 @@ def join_shard(
 
 def _join_sample(
     sample: ReinforcedSample, sources: UidSources | None, reader: RawReader
-) -> tuple[ReinforcedSample | None, SkippedSample | None]:
+) -> tuple[ReinforcedSample, str] | SkippedSample:
+    """The joined sample and the json hash its image matched, or why it cannot be joined."""
     uid = sample.key
-    pairing = choose_raw(sample.meta.get("sha256"), sources.refs if sources else ())
+    pairing = choose_raw(sample.meta, sources.refs if sources else ())
     if pairing.ref is None:
-        return None, SkippedSample(uid, str(pairing.reason), pairing.detail)
+        return SkippedSample(uid, str(pairing.reason), pairing.detail)
     ref = pairing.ref
     image = reader.read(ref)
     if hashlib.sha256(image).hexdigest() != ref.sha256:  # the raw tar changed since it was indexed
-        return None, SkippedSample(uid, JoinReason.HASH_MISMATCH, f"{ref.key}: raw tar changed while joining")
+        return SkippedSample(uid, JoinReason.HASH_MISMATCH, f"{ref.key}: raw tar changed while joining")
     size = image_size(image)
     if size is None:
-        return None, SkippedSample(uid, JoinReason.IMAGE_UNDECODABLE, ref.key)
+        return SkippedSample(uid, JoinReason.IMAGE_UNDECODABLE, ref.key)
     width, height = size
     problem = box_problem(sample.param_aug, width, height)
     if problem is not None:
-        return None, SkippedSample(uid, JoinReason.BOX_OUT_OF_BOUNDS, problem)
+        return SkippedSample(uid, JoinReason.BOX_OUT_OF_BOUNDS, problem)
     caption = ref.caption if ref.caption is not None else (sources.metadata_caption if sources else None)
     if caption is None:
-        return None, SkippedSample(uid, JoinReason.CAPTION_MISSING, "no raw txt and no metadata text")
-    # The raw json's fields, then the reinforced json's (uid, the checked sha256), then the true size.
-    meta = {**ref.meta, **sample.meta, "width": width, "height": height}
+        return SkippedSample(uid, JoinReason.CAPTION_MISSING, "no raw txt and no metadata text")
+    # The raw json's fields, then the reinforced json's (uid, the checked hashes), then the hash of the
+    # bytes written (so that this output joins back too) and the true size.
+    meta = {**ref.meta, **sample.meta, IMAGE_SHA256: ref.sha256, "width": width, "height": height}
     joined = dataclasses.replace(
         sample, image=image, image_ext="jpg", caption=caption, meta=meta, url=sample.url or ref.url
     )
-    return joined, None
+    return joined, str(pairing.matched_by)

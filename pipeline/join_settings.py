@@ -13,11 +13,14 @@ import dataclasses
 import json
 from typing import Any
 
+import numpy as np
+
 from pipeline.join_pairs import ON_MISMATCH, JoinShardSettings
 from shards import storage
 from shards.reinforced import V1_FAMILY, iter_entries
 from shards.run_config import SCHEMA_VERSION, ConfigError, image_augmentation, library_versions
 from shards.run_folder import CONFIG_FILE
+from shards.teacher_slices import infer_slices, is_unit_norm, slice_norms, slices_from_config
 
 PUBLIC_KD_LOGIT_SCALE = 100.0  # DataCompDR's (contract §4)
 PUBLIC_PARAM_AUG_VERSION = 1
@@ -33,6 +36,7 @@ class JoinSettings:
     config_path: str | None = None
     teacher_dims: tuple[int, ...] | None = None
     kd_logit_scales: tuple[float, ...] | None = None
+    rejoin_missing: bool = False
 
     def validate(self) -> None:
         if self.on_mismatch not in ON_MISMATCH:
@@ -52,6 +56,8 @@ class SampleShape:
     caption_family: str | None
     num_views: int
     num_captions: int
+    image_emb: np.ndarray  # the first sample's, to check teacher widths against
+    where: str  # that sample's key and shard, for messages
 
 
 def first_sample_shape(reinforced_paths: list[str]) -> SampleShape:
@@ -68,6 +74,8 @@ def first_sample_shape(reinforced_paths: list[str]) -> SampleShape:
                 caption_family=families[0] if len(families) == 1 else None,
                 num_views=sample.num_views,
                 num_captions=len(sample.syn_captions[families[0]]) if families else 0,
+                image_emb=sample.image_emb,
+                where=f"sample {entry.key} of {path}",
             )
     raise ConfigError("no reinforced shard holds a readable sample")
 
@@ -93,7 +101,7 @@ def join_run_config(
 ) -> dict[str, Any]:
     """The output's config.json: the source's (flags override its teacher widths), else one built
     from the flags and the first sample."""
-    join = {"on_mismatch": settings.on_mismatch, "raw_metadata": settings.raw_metadata_pattern is not None}
+    join = {"on_mismatch": settings.on_mismatch}  # the inputs, which a rejoin adds to: join_inputs.json
     config = dict(source or {})
     if settings.teacher_dims:
         scales = settings.kd_logit_scales or (PUBLIC_KD_LOGIT_SCALE,) * len(settings.teacher_dims)
@@ -106,6 +114,9 @@ def join_run_config(
             "the reinforced shards come without config.json: give the teacher widths with --teacher-dims "
             "(DataCompDR-12M/-1B: 768,768; add --kd-logit-scales 70,60 for MobileCLIP2's DFNDR) or --config"
         )
+    check_teacher_widths(
+        config, shape, "--teacher-dims" if settings.teacher_dims else "config.json's teachers"
+    )
     config.setdefault("schema_version", SCHEMA_VERSION)
     config.setdefault("layout", shape.layout)
     config.setdefault("embedding_dtype", shape.embedding_dtype)
@@ -117,6 +128,34 @@ def join_run_config(
     config.setdefault("versions", library_versions())
     config["join"] = join
     return config
+
+
+def check_teacher_widths(config: dict[str, Any], shape: SampleShape, given_by: str) -> None:
+    """The teachers' widths must add up to the stored embeddings' and cut them into unit-norm slices
+    (contract §2), or the output's config.json would describe other data than its shards."""
+    try:
+        slices = slices_from_config(config)
+    except ValueError as error:
+        raise ConfigError(f"{given_by}: {error}") from None
+    assert slices is not None
+    dims = ",".join(str(s.dim) for s in slices)
+    width = shape.image_emb.shape[1]
+    fitting = infer_slices(shape.image_emb)
+    hint = f" (equal unit-norm slices would be {','.join(str(s.dim) for s in fitting)})" if fitting else ""
+    if sum(s.dim for s in slices) != width:
+        raise ConfigError(
+            f"{given_by} {dims} add up to {sum(s.dim for s in slices)}, but the embeddings are {width} "
+            f"wide ({shape.where}): give the teachers' real widths{hint}"
+        )
+    for teacher in slices:
+        norms = slice_norms(shape.image_emb, teacher)
+        if not is_unit_norm(norms).all():
+            worst = float(norms[np.argmax(np.abs(norms - 1.0))])
+            raise ConfigError(
+                f"{given_by} {dims}: columns {teacher.start}-{teacher.stop - 1} of the embeddings are not "
+                f"one teacher's unit-norm slice (norm {worst:.3g}, {shape.where}): give the "
+                f"teachers' real widths{hint}"
+            )
 
 
 def shard_settings(settings: JoinSettings, config: dict[str, Any]) -> JoinShardSettings:

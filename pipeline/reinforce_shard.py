@@ -32,7 +32,7 @@ from PIL import Image
 from pipeline.feed import ordered_map
 from pipeline.settings import ReinforceSettings
 from shards.raw import RawSample, SkippedSample, SkipReason, iter_raw_shard
-from shards.reinforced import ReinforcedSample
+from shards.reinforced import IMAGE_SHA256, ReinforcedSample
 from shards.run_folder import ShardStats, output_paths, shard_name, write_shard_outcome
 from shards.writer import ShardWriter
 from transforms import (
@@ -427,9 +427,11 @@ def reinforced_sample(
     meta = dict(raw.meta)
     meta["uid"] = raw.uid
     meta.setdefault("key", raw.key)
+    image_sha256 = hashlib.sha256(raw.image).hexdigest()
     if not isinstance(meta.get("sha256"), str):
         # img2dataset's sha256 is of the downloaded bytes and is kept as is; only a missing one is filled.
-        meta["sha256"] = hashlib.sha256(raw.image).hexdigest()
+        meta["sha256"] = image_sha256
+    meta[IMAGE_SHA256] = image_sha256  # the bytes the boxes refer to: what a join checks (contract §6)
     # Crop boxes refer to the decoded pixel grid, so the sizes we store are that grid's.
     meta["width"], meta["height"] = width, height
     return ReinforcedSample(

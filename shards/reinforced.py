@@ -32,6 +32,9 @@ LAYOUTS: tuple[str, ...] = ("v1", "v2")
 EMBEDDING_DTYPES: tuple[str, ...] = ("fp32", "bf16")
 V1_FAMILY = "syn_text"
 VIEW_SHA = "view_sha"  # paug.json key of the per-view fingerprints
+# json key (ours, contract §6): sha256 of the image bytes the views were drawn on (the `jpg` member),
+# beside the input's `sha256` (the original download's), so that our own output joins back.
+IMAGE_SHA256 = "image_sha256"
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 # Fixed zip and tar times make every shard byte-identical across runs and workers.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)

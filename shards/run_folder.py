@@ -38,6 +38,7 @@ ERRORS_SUFFIX = "_errors.jsonl"
 # The join's `--on-mismatch list`: per shard, then for the run, the samples whose image to fetch again.
 REFETCH_SUFFIX = "_refetch.jsonl"
 REFETCH_FILE = "refetch.parquet"
+JOIN_INPUTS_FILE = "join_inputs.json"  # a join's record of its inputs (pipeline/join_inputs.py)
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -104,6 +105,7 @@ class ShardStats:
     shard_errors: dict[str, int] = dataclasses.field(default_factory=dict)  # damage to the shard itself
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # wall time per stage
     device: dict[str, Any] = dataclasses.field(default_factory=dict)  # where the worker ran the models
+    matched_by: dict[str, int] = dataclasses.field(default_factory=dict)  # join: pairs written per hash kind
 
     @property
     def num_skipped(self) -> int:
@@ -125,6 +127,7 @@ class ShardStats:
             "shard_errors": dict(sorted(self.shard_errors.items())),
             "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())},
             **({"device": self.device} if self.device else {}),
+            **({"matched_by": dict(sorted(self.matched_by.items()))} if self.matched_by else {}),
         }
 
     @classmethod
@@ -138,6 +141,7 @@ class ShardStats:
             shard_errors={str(k): int(v) for k, v in data.get("shard_errors", {}).items()},
             seconds={str(k): float(v) for k, v in data.get("seconds", {}).items()},
             device=dict(data.get("device") or {}),
+            matched_by={str(k): int(v) for k, v in (data.get("matched_by") or {}).items()},
         )
 
 
@@ -166,6 +170,7 @@ class RunSummary:
     shard_errors: dict[str, int]
     seconds: dict[str, float]
     missing_shards: list[str]
+    matched_by: dict[str, int] = dataclasses.field(default_factory=dict)  # join: pairs written per hash kind
 
     @property
     def num_skipped(self) -> int:
@@ -183,12 +188,15 @@ class RunSummary:
             shard_errors={str(k): int(v) for k, v in data["shard_errors"].items()},
             seconds={str(k): float(v) for k, v in data["seconds"].items()},
             missing_shards=[str(shard) for shard in data["missing_shards"]],
+            matched_by={str(k): int(v) for k, v in (data.get("matched_by") or {}).items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["num_skipped"] = self.num_skipped
         data["seconds"] = {k: round(v, 3) for k, v in sorted(self.seconds.items())}
+        if not self.matched_by:
+            del data["matched_by"]
         return data
 
 
@@ -196,10 +204,12 @@ def summarize_run(shards: list[str], stats: dict[str, ShardStats]) -> RunSummary
     skipped: Counter[str] = Counter()
     shard_errors: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
+    matched_by: Counter[str] = Counter()
     for item in stats.values():
         skipped.update(item.skipped)
         shard_errors.update(item.shard_errors)
         seconds.update(item.seconds)
+        matched_by.update(item.matched_by)
     return RunSummary(
         shards_total=len(shards),
         shards_done=sum(1 for shard in shards if shard in stats),
@@ -209,6 +219,7 @@ def summarize_run(shards: list[str], stats: dict[str, ShardStats]) -> RunSummary
         shard_errors=dict(sorted(shard_errors.items())),
         seconds=dict(seconds),
         missing_shards=[shard for shard in shards if shard not in stats],
+        matched_by=dict(sorted(matched_by.items())),
     )
 
 

@@ -41,8 +41,14 @@ def match(pattern: str) -> list[str]:
 def match_updated(pattern: str) -> dict[str, float]:
     """Paths matching a glob, each with when it was last written (seconds since the epoch), from the
     same listing: no request per path."""
-    result = FileSystems.match([pattern])[0]
-    return {m.path: m.last_updated_in_seconds for m in result.metadata_list}
+    # Beam lists the folder before a pattern's first wildcard, and for `DATACOMP*/*.tar` that folder is
+    # the empty string, which lists nothing: a relative local pattern is matched from `./`.
+    relative = "://" not in pattern and not posixpath.isabs(pattern) and not pattern.startswith("./")
+    result = FileSystems.match(["./" + pattern if relative else pattern])[0]
+    return {
+        m.path.removeprefix("./") if relative else m.path: m.last_updated_in_seconds
+        for m in result.metadata_list
+    }
 
 
 def exists(path: str) -> bool:

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from shards import storage
 from shards.reinforced import (
+    IMAGE_SHA256,
     EmbeddingDtype,
     Layout,
     ReinforcedSample,
@@ -37,6 +38,7 @@ def parquet_schema(dim: int | None, families: list[str]) -> pa.Schema:
         pa.field("url", pa.string()),
         pa.field("caption", pa.string()),
         pa.field("sha256", pa.string()),
+        pa.field(IMAGE_SHA256, pa.string()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("param_aug", pa.string()),
@@ -102,6 +104,7 @@ class ShardWriter:
             "url": sample.url,
             "caption": sample.caption,
             "sha256": meta.get("sha256"),
+            IMAGE_SHA256: meta.get(IMAGE_SHA256),
             "width": meta.get("width"),
             "height": meta.get("height"),
             "param_aug": json.dumps(sample.param_aug),

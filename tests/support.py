@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from shards.reinforced import ReinforcedSample, encode_sample, open_tar_writer, write_shard
+from shards.reinforced import ReinforcedSample, encode_sample, iter_members, open_tar_writer, write_shard
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter, decode_image, encode_param_aug, view_rng
 from transforms.fingerprint import view_fingerprint
 
@@ -97,6 +97,12 @@ def write_members(path: Path, members: Sequence[dict]) -> None:
         for sample in members:
             writer.write(sample)
         writer.close()
+
+
+def write_public_half(source: Path, target: Path) -> None:
+    """A reinforced shard as the public release ships it: every sample without `jpg` and `txt`."""
+    samples = iter_members(str(source))
+    write_members(target, [{k: v for k, v in s.items() if k not in ("jpg", "txt")} for s in samples])
 
 
 # -- identity shards: data a tiny student can learn from ---------------------------------------------

@@ -9,6 +9,7 @@ keeps these tests fast and independent of the models; the real job's output is u
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 from shards.raw import RawSample, SkippedSample, iter_raw_shard
-from shards.reinforced import ReinforcedSample, write_shard
+from shards.reinforced import IMAGE_SHA256, ReinforcedSample, write_shard
 from shards.run_config import config_bytes
 from shards.run_folder import ShardStats, finalize_run, write_shard_outcome
 from shards.writer import ShardWriter
@@ -57,6 +58,7 @@ def reinforce_raw(raw: RawSample, spec: RunSpec, seed: int = 0) -> ReinforcedSam
     image = decode_image(raw.image)
     meta = {**raw.meta, "uid": raw.uid, "width": image.width, "height": image.height}
     meta.setdefault("sha256", "0" * 64)
+    meta[IMAGE_SHA256] = hashlib.sha256(raw.image).hexdigest()
     return reinforced_sample(
         raw.uid,
         raw.image,

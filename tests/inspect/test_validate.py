@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from PIL import Image
 
 from inspection import validate
 from shards.reinforced import iter_members, open_tar_writer
+from tests.support import write_public_half
 
 Members = dict[str, Any]
 
@@ -228,6 +230,7 @@ def test_missing_members_and_changed_images_are_caught(make_run, sample_raw_dir:
     problems = problems_of(run, raw_dir=str(sample_raw_dir))
     assert [(p.reason, p.detail) for p in problems] == [
         ("missing_member", "no url.txt"),
+        ("image_hash_mismatch", "json image_sha256 is not the hash of the jpg"),  # caught without the raw
         ("image_changed", "image bytes differ from the raw input's"),
     ]
 
@@ -248,6 +251,7 @@ def test_undecodable_image_and_wrong_sizes_are_caught(make_run) -> None:
     rewrite_shard(shard, damage)
     problems = problems_of(run)
     assert [(p.reason, p.detail.split(":")[0]) for p in problems] == [
+        ("image_hash_mismatch", "json image_sha256 is not the hash of the jpg"),
         ("bad_image", "undecodable"),
         ("bad_meta", "json says 101x100, the image decodes to 100x100"),  # the 100 px retina photo
     ]
@@ -347,3 +351,38 @@ def test_a_view_that_replays_to_other_pixels_fails_and_old_shards_are_noted(make
     assert "1 sample(s) carry no view fingerprints (written before they existed)" in notes[0]
     assert "replay: 15 view(s) re-rendered, 2 differ" in notes[1]  # 5 fingerprinted samples x 3 views
     assert notes[2].startswith("image stack here: {'pillow': ")
+
+
+def test_a_join_output_is_checked_by_uid_against_raw_shards_of_other_names(
+    make_run, sample_raw_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """The join's output shards follow the reinforced shards; the raw side has its own names and order."""
+    from pipeline import join
+
+    run = make_run(shards=("00000000.tar", "00000001.tar"), max_samples=None)
+    public = tmp_path / "public"
+    public.mkdir()
+    for name in ("00000000.tar", "00000001.tar"):
+        write_public_half(run / name, public / name)
+    raw = tmp_path / "DATACOMP"
+    raw.mkdir()
+    for number, name in enumerate(("00000002.tar", "00000001.tar", "00000000.tar")):
+        shutil.copy(sample_raw_dir / name, raw / f"{number + 7:05d}.tar")  # img2dataset's numbering
+    joined = tmp_path / "joined"
+    args = ["--reinforced", f"{public}/*.tar", "--raw", f"{raw}/*.tar", "--output", str(joined)]
+    assert join.main([*args, "--config", str(run / "config.json"), "--no-progress"]) == 0
+    capsys.readouterr()
+    code, lines = run_cli([str(joined), "--raw", str(raw)], capsys)
+    assert (code, lines) == (0, [lines[-1]]) and lines[-1].startswith("OK:") and "no problems" in lines[-1]
+    # Paired by uid, a changed image is still caught, wherever its raw shard is.
+    first, second = list(iter_members(str(raw / "00008.tar")))[:2]
+
+    def image(members: Members) -> str:
+        return next(name for name in members if name not in ("__key__", "json", "txt"))
+
+    def swap_image(members: Members) -> Members:  # another photo under the first one's name
+        return {**members, image(members): second[image(second)]}
+
+    rewrite_shard(raw / "00008.tar", only_first(swap_image))
+    problems = [(p.reason, p.key) for p in problems_of(joined, raw_dir=str(raw))]
+    assert problems == [("image_changed", json.loads(first["json"])["uid"])]

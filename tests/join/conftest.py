@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +25,7 @@ from PIL import Image
 
 from shards.raw import RawSample, iter_raw_shard
 from shards.reinforced import encode_sample
-from tests.support import reinforced_sample, write_members
+from tests.support import reinforced_sample, write_members, write_public_half
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
 
 DIMS = (8, 12)
@@ -171,3 +172,42 @@ def joined(join_input: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
 def join_args() -> Callable[..., list[str]]:
     """`join_args(data, out, *extra)`: the CLI arguments of a join of the test input."""
     return _join_args
+
+
+@pytest.fixture(scope="session")
+def own_run(
+    tmp_path_factory: pytest.TempPathFactory, sample_raw_dir: Path, tiny_checkpoints: dict[str, str]
+) -> SimpleNamespace:
+    """Our job's output on the bundled raw shards (tiny models, seeded), and its public-layout half:
+    every sample without `jpg` and `txt`, as the public release is, with the run's config.json."""
+    from pipeline.reinforce import main
+
+    root = tmp_path_factory.mktemp("own-run")
+    reinforced = root / "reinforced"
+    args = [
+        "--input", f"{sample_raw_dir}/*.tar", "--output", str(reinforced), "--preset", "tiny",
+        "--teachers", f"{tiny_checkpoints['clip-a']},{tiny_checkpoints['clip-b']}",
+        "--captioner", tiny_checkpoints["coca"], "--num-views", "2", "--num-captions", "1",
+        "--batch-size", "8", "--seed", "7", "--no-progress", "--model_threads", "1",
+    ]  # fmt: skip
+    assert main(args) == 0
+    public = root / "public"
+    public.mkdir()
+    for tar in sorted(reinforced.glob("*.tar")):
+        write_public_half(tar, public / tar.name)
+    shutil.copy(reinforced / "config.json", public / "config.json")
+    return SimpleNamespace(reinforced=reinforced, public=public)
+
+
+@pytest.fixture
+def refusal(capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
+    """`refusal()`: the one line a refused command printed (on stderr, no traceback, nothing else)."""
+
+    def line() -> str:
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert "Traceback" not in captured.err + captured.out
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+        return lines[0]
+
+    return line

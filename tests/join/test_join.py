@@ -121,13 +121,20 @@ def _ref(key: str, sha: str, json_sha: str) -> RawRef:
 
 
 def test_a_reencoded_download_is_told_apart_from_a_different_image():
-    reencoded = choose_raw("aa", (_ref("k", "bb", "aa"),))
+    reencoded = choose_raw({"sha256": "aa"}, (_ref("k", "bb", "aa"),))
     assert reencoded.reason == "hash_mismatch" and "re-encoded" in reencoded.detail
-    different = choose_raw("aa", (_ref("k", "bb", "cc"),))
+    different = choose_raw({"sha256": "aa"}, (_ref("k", "bb", "cc"),))
     assert different.reason == "hash_mismatch" and "different image" in different.detail
     # Of two raw copies of a uid, the one whose stored bytes match wins, whatever their order.
     refs = (_ref("k2", "aa", "aa"), _ref("k1", "bb", "aa"))
-    assert choose_raw("aa", refs).ref.key == "k2" and choose_raw("aa", refs[::-1]).ref.key == "k2"
+    meta = {"sha256": "aa"}
+    assert choose_raw(meta, refs).ref.key == "k2" and choose_raw(meta, refs[::-1]).ref.key == "k2"
+    assert choose_raw(meta, refs).matched_by == "sha256"
+    # Our own shards: the bytes the job decoded decide, the original download's hash only explains.
+    ours = {"sha256": "aa", "image_sha256": "bb"}
+    assert choose_raw(ours, refs).ref.key == "k1" and choose_raw(ours, refs).matched_by == "image_sha256"
+    resized = choose_raw(ours, (_ref("k", "cc", "aa"),))
+    assert resized.reason == "hash_mismatch" and "the same download stored as other bytes" in resized.detail
 
 
 def test_boxes_must_lie_inside_the_decoded_image():
@@ -169,3 +176,43 @@ def test_bf16_v2_public_shards_join_into_the_same_layout(join_input, join_args, 
         assert (entry.sample.image_emb == stored).all()
         assert entry.sample.image == join_input.originals[entry.key].image
     assert validate.validate(str(out)).ok
+
+
+@pytest.mark.parametrize(
+    ("dims", "says"),
+    [
+        ("768,768", "add up to 1536, but the embeddings are 20 wide"),
+        ("12,8", "columns 0-11 of the embeddings"),
+    ],
+)
+def test_teacher_widths_that_do_not_fit_the_embeddings_are_refused(
+    join_input, join_args, tmp_path, refusal, dims, says
+):
+    out = tmp_path / "out"
+    args = join_args(join_input, out)
+    args[args.index("--teacher-dims") + 1] = dims
+    assert main(args) == 2
+    line = refusal()
+    assert not out.exists()
+    assert says in line and f"--teacher-dims {dims}" in line
+
+
+def test_config_widths_that_do_not_fit_the_embeddings_are_refused(join_input, join_args, tmp_path, refusal):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"teachers": [{"dim": 10, "kd_logit_scale": 100}, {"dim": 10}]}))
+    out = tmp_path / "out"
+    args = [a for a in join_args(join_input, out) if a not in ("--teacher-dims", "8,12")]
+    assert main([*args, "--config", str(config)]) == 2
+    assert "config.json's teachers 10,10: columns 0-9" in refusal()
+    assert not out.exists()
+
+
+def test_a_rerun_of_a_finished_join_writes_its_missing_manifest_again(
+    joined, join_input, join_args, tmp_path
+):
+    """Killed after the last shard, before the manifest: the same command finishes the run."""
+    again = tmp_path / "again"
+    shutil.copytree(joined, again)
+    (again / "manifest.jsonl").unlink()
+    assert main(join_args(join_input, again, "--on-mismatch", "list")) == 0
+    assert (again / "manifest.jsonl").read_bytes() == (joined / "manifest.jsonl").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import tarfile
 import threading
@@ -56,6 +57,10 @@ def test_writes_contract_outputs(reference_run, sample_raw_dir, job):
         original = by_uid[sample.key]  # __key__ is the DataComp uid
         image_member = next(v for k, v in original.items() if k in IMAGE_EXTENSIONS)
         assert sample.image == image_member  # original bytes, unchanged
+        # The input's sha256 (of the original download) untouched; the bytes decoded, for a join back.
+        assert sample.meta["sha256"] == json.loads(original["json"])["sha256"]
+        decoded = hashlib.sha256(image_member).hexdigest()
+        assert sample.meta["image_sha256"] == decoded != sample.meta["sha256"]
         assert sample.caption == original["txt"].decode()
         assert sample.image_emb.shape == (job.num_views, 80) and sample.syn_emb["syn_text"].shape == (1, 80)
         assert (
