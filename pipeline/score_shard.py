@@ -36,7 +36,8 @@ from pipeline.score_settings import ScoreSettings
 from shards.raw import RawSample, SkippedSample, iter_raw_shard
 from shards.run_folder import ShardStats, output_paths, shard_name, write_shard_outcome
 from shards.scores import score_values, slice_cosines, write_score_file
-from transforms import decode_image
+from transforms import DEFAULT_MIN_SIDE, decode_image
+from transforms.crop import check_min_side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,7 @@ def prepare_for_scoring(
     clock = StageClock()
     with clock.stage("decode"):
         image = decode_image(raw.image, max_pixels=max_pixels)
+        check_min_side(image.size, DEFAULT_MIN_SIDE)  # what the job could not reinforce is not scored
     with clock.stage("eval_transform"):
         views = [eval_view(image, geometry) for geometry in geometries]
     seconds.update(clock.seconds)

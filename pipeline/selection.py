@@ -74,7 +74,7 @@ def resolve(selection: Selection, input_shards: list[str]) -> Selection:
     if selection.keep_uids is not None:
         try:
             read_columns(selection.keep_uids, ["uid"]).slice(0, 0)
-        except (KeyError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise ConfigError(f"--keep-uids {selection.keep_uids}: {exc}") from exc
         return selection
     assert selection.scores is not None

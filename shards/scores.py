@@ -80,9 +80,9 @@ def write_score_file(path: str, rows: list[dict[str, Any]], num_teachers: int) -
 
 
 def read_columns(path: str, columns: list[str]) -> pa.Table:
-    """Some columns of any parquet, local or remote; KeyError naming what is missing."""
+    """Some columns of any parquet, local or remote; ValueError naming what is missing."""
     parquet = pq.ParquetFile(io.BytesIO(storage.read_bytes(path)))
     missing = [c for c in columns if c not in parquet.schema_arrow.names]
     if missing:
-        raise KeyError(f"{path} has no column {', '.join(missing)}")
+        raise ValueError(f"{path} has no column {', '.join(missing)}")
     return parquet.read(columns=columns)
