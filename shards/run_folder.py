@@ -101,12 +101,12 @@ class ShardStats:
     input_path: str
     num_read: int = 0  # samples met in the tar, good or bad (whole-shard errors are not samples)
     num_written: int = 0
-    filtered_out: int = 0  # left out by the run's selection (--keep-uids, --scores): not errors
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # sample skips by reason
     shard_errors: dict[str, int] = dataclasses.field(default_factory=dict)  # damage to the shard itself
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # wall time per stage
     device: dict[str, Any] = dataclasses.field(default_factory=dict)  # where the worker ran the models
     matched_by: dict[str, int] = dataclasses.field(default_factory=dict)  # join: pairs written per hash kind
+    filtered_out: int = 0  # left out by the run's selection (--keep-uids, --scores): read, not errors
 
     @property
     def num_skipped(self) -> int:

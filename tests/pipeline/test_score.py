@@ -157,7 +157,6 @@ def test_two_worker_processes_select_the_same_bytes(tmp_path, top_half, score_ru
     assert job.files(out) == job.files(top_half)
 
 
-@pytest.mark.slow
 def test_keep_uids_reinforces_the_listed_samples_only(
     tmp_path, sample_raw_dir, score_run, reference_run, job
 ):
