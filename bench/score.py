@@ -14,7 +14,7 @@ Both jobs use `--batch-size` (16): a shard's last teacher batch is padded to it,
 samples would cost the score pass more than its samples do. The runs time the job's in-process
 runner from graph start (models already loaded). Random-init
 captioners write captions to the length cap, so the reinforcement figures are upper bounds on its
-cost, and the saving a lower bound. The machine is shared, so figures move between runs. The last
+cost (a trained captioner's shorter captions save a little less). The machine is shared, so figures move between runs. The last
 line printed is one JSON object with every figure.
 """
 

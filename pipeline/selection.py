@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -86,9 +87,9 @@ def resolve(selection: Selection, input_shards: list[str]) -> Selection:
             f"the score run {selection.scores} has not scored {len(unscored)} input shard(s) "
             f"({', '.join(unscored[:5])}): run `python -m pipeline.score` on them first (same --output)"
         )
-    values = np.concatenate(
-        [_mean_scores(output_paths(selection.scores, name)["parquet"]) for name in scored]
-    )
+    paths = [output_paths(selection.scores, name)["parquet"] for name in scored]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # many small reads from an object store
+        values = np.concatenate([np.empty(0), *pool.map(_mean_scores, paths)])
     min_score = selection.min_score
     if selection.top_fraction is not None:
         if not len(values):

@@ -144,6 +144,22 @@ def test_top_fraction_keeps_what_a_pandas_query_selects_with_the_bytes_of_the_fu
     assert summary["filtered_out"] == filtered_out and summary["num_written"] == len(chosen)
 
 
+def test_a_selective_run_resumes_with_its_selection_and_refuses_another(
+    tmp_path, top_half, score_run, job_input, job, capsys
+):
+    out = tmp_path / "out"
+    shutil.copytree(top_half, out)
+    (out / "00000001_stats.json").unlink()  # shard 1 never committed
+    flags = ["--scores", str(score_run), "--top-fraction", "0.5"]
+    assert reinforce_main(job.args(job_input[0], out, *flags)) == 0
+    assert "3 shard(s) were already done" in capsys.readouterr().out
+    assert job.files(out) == job.files(top_half)
+    assert (
+        reinforce_main(job.args(job_input[0], out, "--scores", str(score_run), "--top-fraction", "0.3")) == 2
+    )
+    assert "different settings (selection)" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_worker_processes_select_the_same_bytes(tmp_path, top_half, score_run, job_input, job):
     extra = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing", "--model_threads", "0"]
