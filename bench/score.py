@@ -12,10 +12,10 @@ and what it would be with no fixed costs: (1 - F) - reinforce rate / score rate.
 
 Both jobs use `--batch-size` (16): a shard's last teacher batch is padded to it, which at a few
 samples would cost the score pass more than its samples do. The runs time the job's in-process
-runner from graph start (models already loaded). Random-init
-captioners write captions to the length cap, so the reinforcement figures are upper bounds on its
-cost (a trained captioner's shorter captions save a little less). The machine is shared, so figures move between runs. The last
-line printed is one JSON object with every figure.
+runner from graph start (models already loaded). Random-init captioners write captions to the
+length cap, so the reinforcement figures are upper bounds on its cost (a trained captioner's shorter
+captions save a little less). The machine is shared, so figures move between runs. The last line
+printed is one JSON object with every figure.
 """
 
 from __future__ import annotations

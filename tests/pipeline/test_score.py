@@ -144,6 +144,7 @@ def test_top_fraction_keeps_what_a_pandas_query_selects_with_the_bytes_of_the_fu
     assert summary["filtered_out"] == filtered_out and summary["num_written"] == len(chosen)
 
 
+@pytest.mark.slow
 def test_a_selective_run_resumes_with_its_selection_and_refuses_another(
     tmp_path, top_half, score_run, job_input, job, capsys
 ):
