@@ -75,6 +75,14 @@ def test_a_score_is_open_clips_own_cosine_on_the_decoded_image(score_run, job_in
     assert table.score_0.std() > 0.01  # the samples really differ
 
 
+@pytest.mark.slow
+def test_two_worker_processes_score_the_same_bytes(tmp_path, score_run, job_input, tiny_checkpoints, job):
+    extra = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing", "--model_threads", "0"]
+    out = tmp_path / "out"
+    assert score_main(score_args(job_input[0], out, tiny_checkpoints, *extra)) == 0
+    assert job.files(out) == job.files(score_run)
+
+
 def test_bad_input_is_skipped_and_counted_by_reason_as_the_job_does(score_run, job_input):
     _, expected = job_input
     errors = [json.loads(line) for line in (score_run / "00000001_errors.jsonl").read_text().splitlines()]
