@@ -116,6 +116,8 @@ class ShardFn(beam.DoFn):
             raise
         self._counter("samples_read").inc(stats.num_read)
         self._counter("samples_skipped").inc(stats.num_skipped)
+        if stats.filtered_out:
+            self._counter("samples_filtered_out").inc(stats.filtered_out)
         for reason, count in stats.skipped.items():
             self._counter(f"skipped_{reason}").inc(count)
         for reason, count in stats.shard_errors.items():

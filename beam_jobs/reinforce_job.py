@@ -29,6 +29,7 @@ from beam_jobs.runners import (
 )
 from pipeline.progress import ShardProgress
 from pipeline.reinforce_shard import ShardModels
+from pipeline.selection import Selection, resolve
 from pipeline.settings import ReinforceSettings, build_run_config
 from pipeline.worker_models import load_models as load_worker_models
 from pipeline.worker_models import run_device_kind
@@ -108,6 +109,8 @@ def run_job(
     `load_models` is what every worker (and the launcher, to describe the models) calls once: the
     teachers and captioner by default; benchmarks pass stand-ins.
     """
+    if settings.selection is not None:
+        settings = dataclasses.replace(settings, selection=resolve_selection(settings, beam_args))
     return run_shard_job(
         settings,
         beam_args,
@@ -117,6 +120,15 @@ def run_job(
         show_progress=show_progress,
         force_takeover=force_takeover,
     )
+
+
+def resolve_selection(settings: ReinforceSettings, beam_args: list[str]) -> Selection:
+    """The run's selection checked against its inputs, with the top-fraction threshold found once
+    over the whole score run, before any worker starts."""
+    assert settings.selection is not None
+    wanted = [p for p in (settings.selection.keep_uids, settings.selection.scores) if p is not None]
+    check_remote_access([settings.input_pattern, *wanted], beam_options(beam_args))
+    return resolve(settings.selection, find_input_shards(settings.input_pattern))
 
 
 def run_shard_job(

@@ -91,8 +91,12 @@ class ExtendSettings:
         return int(self.input_config.get("param_aug_version", 1))
 
     @property
+    def input_dims(self) -> list[int]:
+        return [int(t["dim"]) for t in self.input_config["teachers"]]
+
+    @property
     def input_dim(self) -> int:
-        return sum(int(t["dim"]) for t in self.input_config["teachers"])
+        return sum(self.input_dims)
 
     @property
     def input_families(self) -> list[str]:

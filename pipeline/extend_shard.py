@@ -101,7 +101,11 @@ def extend_shard(
         stats.count(record)
 
     with ShardWriter(
-        paths["tar"], paths["parquet"], layout=settings.layout, embedding_dtype=settings.embedding_dtype
+        paths["tar"],
+        paths["parquet"],
+        layout=settings.layout,
+        embedding_dtype=settings.embedding_dtype,
+        teacher_dims=grown_teacher_dims(settings, models),
     ) as writer:
         stream = _GrowthStream(settings, models, writer, skip, clock, on_batch)
         prepared = _prepared(input_path, settings, models.augmenter)
@@ -110,6 +114,12 @@ def extend_shard(
     stats.seconds = dict(clock.seconds)
     write_shard_outcome(settings.output_dir, stats, skips)
     return stats
+
+
+def grown_teacher_dims(settings: ExtendSettings, models: ExtendModels) -> list[int]:
+    """The output's teacher widths: the input's, and an added teacher's last."""
+    added = models.new_teacher.dims if models.new_teacher is not None else []
+    return [*settings.input_dims, *added]
 
 
 def _check_readable(input_path: str) -> None:

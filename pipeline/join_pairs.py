@@ -201,6 +201,7 @@ class JoinShardSettings:
     layout: Layout
     embedding_dtype: EmbeddingDtype
     on_mismatch: str = "skip"
+    teacher_dims: tuple[int, ...] = ()  # for the sidecar's per-teacher scores
 
 
 def join_shard(
@@ -222,7 +223,9 @@ def join_shard(
     storage.delete(paths["stats"])  # a finished shard joined again is not done until its new stats
     reader = RawReader()
     try:
-        with ShardWriter(paths["tar"], paths["parquet"], settings.layout, settings.embedding_dtype) as writer:
+        with ShardWriter(
+            paths["tar"], paths["parquet"], settings.layout, settings.embedding_dtype, settings.teacher_dims
+        ) as writer:
             for entry in iter_entries(reinforced_path, require_image=False):
                 if entry.error is not None and entry.error.reason == "unreadable_tar":
                     stats.shard_errors[entry.error.reason] = stats.shard_errors.get(entry.error.reason, 0) + 1

@@ -164,4 +164,5 @@ def shard_settings(settings: JoinSettings, config: dict[str, Any]) -> JoinShardS
         layout=config["layout"],
         embedding_dtype=config["embedding_dtype"],
         on_mismatch=settings.on_mismatch,
+        teacher_dims=tuple(int(t["dim"]) for t in config["teachers"]),
     )

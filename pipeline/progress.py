@@ -88,6 +88,8 @@ def summary_table(summary: RunSummary, output_dir: str, wall_seconds: float, wri
         ("samples written", str(summary.num_written)),
         ("samples skipped", str(summary.num_skipped)),
     ]
+    if summary.filtered_out:
+        rows.append(("samples filtered out", f"{summary.filtered_out} (left out by the selection)"))
     rows += [(f"  skipped: {reason}", str(count)) for reason, count in summary.skipped.items()]
     rows += [(f"  shard damage: {reason}", str(count)) for reason, count in summary.shard_errors.items()]
     if summary.missing_shards:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.presets import PRESETS, resolve_preset
+from pipeline.selection import selection_from_flags
 from pipeline.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, ReinforceSettings
 from shards.run_config import ConfigError
 
@@ -111,6 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="let a resume run on another kind of device (cpu/cuda) than the run began on; their "
         "embeddings differ in the last bits",
     )
+    parser.add_argument(
+        "--keep-uids",
+        metavar="PARQUET",
+        help="reinforce only the samples whose uid this parquet's `uid` column lists",
+    )
+    parser.add_argument(
+        "--scores",
+        metavar="SCORES",
+        help="a score run's folder (python -m pipeline.score): with --min-score or --top-fraction, "
+        "reinforce only the samples whose image and caption agree",
+    )
+    parser.add_argument("--min-score", type=float, help="keep samples whose score_mean is at least this")
+    parser.add_argument(
+        "--top-fraction",
+        type=float,
+        help="keep the best-scoring fraction F of the score run's pool (DataComp: one threshold, the "
+        "(1-F) quantile of score_mean over every score file, recorded in config.json)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
     parser.add_argument(
         "--force-takeover",
@@ -160,6 +179,7 @@ def settings_from_args(args: argparse.Namespace) -> ReinforceSettings:
         device=args.device,
         feed_workers=args.feed_workers,
         allow_device_change=args.allow_device_change,
+        selection=selection_from_flags(args.keep_uids, args.scores, args.min_score, args.top_fraction),
     )
     settings.validate()
     return settings

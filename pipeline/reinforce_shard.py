@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from pipeline.feed import ordered_map
+from pipeline.selection import kept_uids, select
 from pipeline.settings import ReinforceSettings
 from shards.raw import RawSample, SkippedSample, SkipReason, iter_raw_shard
 from shards.reinforced import IMAGE_SHA256, ReinforcedSample
@@ -56,6 +57,8 @@ class ShardUnreadableError(OSError):
 
 
 class ImageEmbedder(Protocol):
+    @property
+    def dims(self) -> list[int]: ...  # each teacher's width, in slice order
     def embed_images(self, views: torch.Tensor) -> torch.Tensor: ...
     def embed_texts(self, texts: list[str]) -> torch.Tensor: ...
 
@@ -163,19 +166,27 @@ def reinforce_shard(
         skips.append(item)
         stats.count(item)
 
+    left_out: list[str] = []  # appended by the read-ahead thread, read once it has ended
+    selected = select(iter_raw_shard(input_path), kept_uids(settings.selection, shard), left_out)
     with ShardWriter(
-        paths["tar"], paths["parquet"], layout=settings.layout, embedding_dtype=settings.embedding_dtype
+        paths["tar"],
+        paths["parquet"],
+        layout=settings.layout,
+        embedding_dtype=settings.embedding_dtype,
+        teacher_dims=models.ensemble.dims,
     ) as writer:
         stream = _SampleStream(settings, models, writer, skip, clock, on_batch)
         depth = max(8, stream.group_size)
         prepared_items = ordered_map(
             functools.partial(_prepare_item, settings, models.augmenter),
-            _timed_reads(iter_raw_shard(input_path)),
+            timed_reads(selected),
             workers=settings.feed_workers,
             depth=depth,
         )
         feed_stream(read_ahead(prepared_items, depth=depth, clock=clock), stats, skip, stream)
         stats.num_written = writer.count
+    stats.filtered_out = len(left_out)
+    stats.num_read += stats.filtered_out
     stats.seconds = dict(clock.seconds)
     write_shard_outcome(settings.output_dir, stats, skips)
     return stats
@@ -201,7 +212,7 @@ def feed_stream(
     stream.finish()
 
 
-def _timed_reads(items: Iterator[RawSample | SkippedSample]) -> Iterator[tuple[Any, dict[str, float]]]:
+def timed_reads(items: Iterator[RawSample | SkippedSample]) -> Iterator[tuple[Any, dict[str, float]]]:
     """The raw shard's items in order, each with the seconds its read took."""
     while True:
         start = time.perf_counter()
@@ -216,11 +227,19 @@ def _prepare_item(
     settings: ReinforceSettings, augmenter: Augmenter, entry: tuple[Any, dict[str, float]]
 ) -> tuple[PreparedSample | SkippedSample, dict[str, float]]:
     """Decode and augment one raw sample (in this process or a feed process); bad ones become skips."""
+    return prepare_or_skip(functools.partial(prepare_sample, settings=settings, augmenter=augmenter), entry)
+
+
+def prepare_or_skip(
+    prepare: Callable[..., Any], entry: tuple[Any, dict[str, float]]
+) -> tuple[Any, dict[str, float]]:
+    """`prepare(raw, seconds=...)` on one raw sample; a bad image, or any failure, becomes its skip.
+    Shared by the reinforce and score stages."""
     item, seconds = entry
     if not isinstance(item, RawSample):
         return item, seconds
     try:
-        return prepare_sample(item, settings, augmenter, seconds), seconds
+        return prepare(item, seconds=seconds), seconds
     except (BadImageError, AugmentationError) as exc:
         return SkippedSample(item.key, skip_reason_for_image_error(exc), str(exc)[:200]), seconds
     except Exception as exc:  # an image no check foresaw must cost one sample, not the shard

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pipeline.selection import Selection
 from shards.run_config import SCHEMA_VERSION, ConfigError, library_versions, view_fingerprint_record
 from transforms.fingerprint import image_stack
 
@@ -41,6 +42,7 @@ class ReinforceSettings:
     device: str = "auto"  # where workers run the models: auto = the worker's GPU if it has one
     allow_device_change: bool = False  # a resume may run on another device kind than the run began on
     feed_workers: int = 0  # decode/augment processes per worker; 0 = one read-ahead thread (no bytes change)
+    selection: Selection | None = None  # which samples to reinforce (pipeline/selection.py); None = all
 
     def validate(self) -> None:
         problems = []
@@ -117,4 +119,6 @@ def build_run_config(
         # exact replay needs the same decode/resize code; each view's fingerprint says if a replay matches
         "image_stack": image_stack(),
         "view_fingerprint": view_fingerprint_record(),
+        # only when chosen, so that runs of every sample keep the config they always had
+        **({"selection": settings.selection.record()} if settings.selection else {}),
     }

@@ -1,5 +1,5 @@
 """Load what one worker process needs for every shard: teacher ensemble, captioner, view augmenter
-(the reinforce job), or the added teacher or captioner (the extend job).
+(the reinforce job), the added teacher or captioner (the extend job), or the teachers (the score job).
 
 Called in `DoFn.setup` (through Beam's `Shared`, once per process) and by the launcher, which
 describes the loaded models in config.json. Only spec strings cross process boundaries.
@@ -17,6 +17,8 @@ import torch
 from pipeline.extend_settings import ExtendSettings
 from pipeline.extend_shard import ExtendModels
 from pipeline.reinforce_shard import ShardModels
+from pipeline.score_settings import ScoreSettings
+from pipeline.score_shard import EvalGeometry, ScoreModels
 from pipeline.settings import ReinforceSettings
 from shards.run_config import augmenter_from_config
 from teachers.devices import device_facts, resolve_device
@@ -100,3 +102,27 @@ def load_extend_models(settings: ExtendSettings, *, describe_only: bool = False)
     )
     captioner = Captioner.load(settings.add_captioner, precision=settings.precision, device=device)
     return ExtendModels(augmenter=augmenter, teachers=teachers, captioner=captioner)
+
+
+def load_score_models(settings: ScoreSettings, *, describe_only: bool = False) -> ScoreModels:
+    """The teachers as the reinforce job loads them (same device rules and micro-batch sizes), and
+    each one alone, for its own evaluation views."""
+    from teachers.ensemble import CPU_MICRO_BATCHES, CUDA_MICRO_BATCHES, TeacherEnsemble
+
+    device, facts = _device(settings.device, describe_only)
+    kind = run_device_kind(settings.device)
+    on_cuda = kind == "cuda" or (kind == "auto" and device.type == "cuda")
+    images, texts = CUDA_MICRO_BATCHES if on_cuda else CPU_MICRO_BATCHES
+    ensemble = TeacherEnsemble.load(
+        list(settings.teachers),
+        precision=settings.precision,
+        device=str(device),
+        micro_batch=images,
+        text_micro_batch=texts,
+    )
+    alone = [
+        TeacherEnsemble([teacher], [scale], micro_batch=images, text_micro_batch=texts)
+        for teacher, scale in zip(ensemble.teachers, ensemble.kd_logit_scales, strict=True)
+    ]
+    geometries = [EvalGeometry.of(teacher) for teacher in ensemble.teachers]
+    return ScoreModels(ensemble=ensemble, teachers=alone, geometries=geometries, device=facts)

@@ -106,6 +106,7 @@ class ShardStats:
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # wall time per stage
     device: dict[str, Any] = dataclasses.field(default_factory=dict)  # where the worker ran the models
     matched_by: dict[str, int] = dataclasses.field(default_factory=dict)  # join: pairs written per hash kind
+    filtered_out: int = 0  # left out by the run's selection (--keep-uids, --scores): read, not errors
 
     @property
     def num_skipped(self) -> int:
@@ -123,6 +124,7 @@ class ShardStats:
             "num_read": self.num_read,
             "num_written": self.num_written,
             "num_skipped": self.num_skipped,
+            "filtered_out": self.filtered_out,
             "skipped": dict(sorted(self.skipped.items())),
             "shard_errors": dict(sorted(self.shard_errors.items())),
             "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())},
@@ -137,6 +139,7 @@ class ShardStats:
             input_path=str(data.get("input", "")),
             num_read=int(data.get("num_read", 0)),
             num_written=int(data.get("num_written", 0)),
+            filtered_out=int(data.get("filtered_out", 0)),
             skipped={str(k): int(v) for k, v in data.get("skipped", {}).items()},
             shard_errors={str(k): int(v) for k, v in data.get("shard_errors", {}).items()},
             seconds={str(k): float(v) for k, v in data.get("seconds", {}).items()},
@@ -171,6 +174,7 @@ class RunSummary:
     seconds: dict[str, float]
     missing_shards: list[str]
     matched_by: dict[str, int] = dataclasses.field(default_factory=dict)  # join: pairs written per hash kind
+    filtered_out: int = 0  # samples the run's selection left out
 
     @property
     def num_skipped(self) -> int:
@@ -189,6 +193,7 @@ class RunSummary:
             seconds={str(k): float(v) for k, v in data["seconds"].items()},
             missing_shards=[str(shard) for shard in data["missing_shards"]],
             matched_by={str(k): int(v) for k, v in (data.get("matched_by") or {}).items()},
+            filtered_out=int(data.get("filtered_out", 0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -220,6 +225,7 @@ def summarize_run(shards: list[str], stats: dict[str, ShardStats]) -> RunSummary
         seconds=dict(seconds),
         missing_shards=[shard for shard in shards if shard not in stats],
         matched_by=dict(sorted(matched_by.items())),
+        filtered_out=sum(s.filtered_out for s in stats.values()),
     )
 
 

@@ -2,12 +2,17 @@
 
 Memory stays bounded by one parquet row group, never the shard. Row groups hold a fixed number of
 rows, so the parquet bytes depend on the samples alone, not on how callers batched them.
+
+Given the teachers' widths, each row also carries the sample's image-text scores (shards/scores.py)
+computed from what is stored: the original caption's row (`text_emb` row 0) against the first
+view's row (`image_emb` row 0), per teacher slice, so a finished dataset filters with pandas or DuckDB.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, BinaryIO
 
@@ -25,12 +30,14 @@ from shards.reinforced import (
     open_tar_writer,
     to_float32_rounded,
 )
+from shards.scores import score_fields, score_values, slice_cosines
 
 ROWS_PER_GROUP = 256
 
 
-def parquet_schema(dim: int | None, families: list[str]) -> pa.Schema:
-    """One row per sample; embeddings as fixed-size float lists once the width is known."""
+def parquet_schema(dim: int | None, families: list[str], num_teachers: int = 0) -> pa.Schema:
+    """One row per sample; embeddings as fixed-size float lists once the width is known; a score
+    column per teacher and their mean when the teachers are known."""
     vector = pa.list_(pa.float32(), dim) if dim else pa.list_(pa.float32())
     fields = [
         pa.field("uid", pa.string()),
@@ -48,6 +55,8 @@ def parquet_schema(dim: int | None, families: list[str]) -> pa.Schema:
     for family in families:
         fields.append(pa.field(family, pa.list_(pa.string())))
         fields.append(pa.field(f"{family}_emb", pa.list_(vector)))
+    if num_teachers:
+        fields.extend(score_fields(num_teachers))
     return pa.schema(fields)
 
 
@@ -60,11 +69,13 @@ class ShardWriter:
         parquet_path: str,
         layout: Layout = "v1",
         embedding_dtype: EmbeddingDtype = "fp32",
+        teacher_dims: Sequence[int] = (),
     ) -> None:
         self.tar_path = tar_path
         self.parquet_path = parquet_path
         self.layout = layout
         self.embedding_dtype = embedding_dtype
+        self.teacher_dims = list(teacher_dims)  # none: no score columns
         # Learnt from the first sample; the schema of an empty shard's parquet leaves them open.
         self.embedding_dim: int | None = None
         self.families: list[str] | None = None
@@ -114,13 +125,21 @@ class ShardWriter:
         for family in self.families:
             row[family] = sample.syn_captions[family]
             row[f"{family}_emb"] = self._stored(sample.syn_emb[family])
+        if self.teacher_dims:
+            first_view, caption = row["image_emb"][:1], row["caption_emb"]
+            cosines = (
+                slice_cosines(first_view, caption, self.teacher_dims)[0]
+                if len(first_view)
+                else np.full(len(self.teacher_dims), np.nan)  # no view stored: no score
+            )
+            row.update(score_values(cosines))
         return row
 
     def _stored(self, array: np.ndarray) -> np.ndarray:
         return to_float32_rounded(array, self.embedding_dtype)
 
     def _flush_rows(self) -> None:
-        schema = parquet_schema(self.embedding_dim, self.families or [])
+        schema = parquet_schema(self.embedding_dim, self.families or [], len(self.teacher_dims))
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self._parquet_file, schema, compression="zstd")
         if self._rows:

@@ -217,6 +217,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         start: Sequence[WorkerPosition] | None = None,
         skipped: Sequence[dict[str, int]] | None = None,
         epochs: int | None = None,
+        keep_uids: frozenset[str] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -228,6 +229,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.start = list(start) if start else None
         self.skipped = list(skipped) if skipped else None
         self.epochs = epochs  # None: endless, as training wants; else the last batch may be short
+        self.keep_uids = keep_uids  # train only on these samples (`--keep-uids`); None: all
 
     def make_replayer(self) -> Callable[[Any, int], Any]:
         """A callable (item, epoch) -> training sample, built once per worker; raises to skip."""
@@ -304,7 +306,19 @@ class ShardStream(torch.utils.data.IterableDataset):
         random.Random(derive_seed(_SHARD_ORDER_DOMAIN, self.seed, epoch, worker)).shuffle(order)
         rng = random.Random(derive_seed(_SHUFFLE_DOMAIN, self.seed, epoch, worker))
         initial = min(self.shuffle_buffer, 100)
-        return wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(self.read_items(order))
+        items = self.read_items(order)
+        if self.keep_uids is not None:  # before the shuffle: positions count only the samples kept
+            items = filter(self._wanted, items)
+        return wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(items)
+
+    def _wanted(self, item: Any) -> bool:
+        """Errors always pass on (they are counted as skips); samples when `keep_uids` lists them."""
+        return isinstance(item, Exception) or sample_uid(item) in (self.keep_uids or ())
+
+
+def sample_uid(item: Any) -> str | None:
+    """A read item's uid: a reinforced sample's tar key (its DataComp uid), a raw sample's uid."""
+    return item.get("__key__") if isinstance(item, dict) else getattr(item, "uid", None)
 
 
 class ReinforcedStream(ShardStream):
@@ -323,6 +337,7 @@ class ReinforcedStream(ShardStream):
         start: Sequence[WorkerPosition] | None = None,
         skipped: Sequence[dict[str, int]] | None = None,
         epochs: int | None = None,
+        keep_uids: frozenset[str] | None = None,
     ) -> None:
         super().__init__(
             shards,
@@ -332,6 +347,7 @@ class ReinforcedStream(ShardStream):
             start=start,
             skipped=skipped,
             epochs=epochs,
+            keep_uids=keep_uids,
         )
         self.settings = settings
         self.image_size = image_size

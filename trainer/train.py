@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from shards import storage
+from shards.scores import read_columns
 from shards.storage import parse_known_beam_args
 from shards.teacher_slices import parse_teacher_dims
 from teachers.devices import (
@@ -104,6 +105,7 @@ RUN_KEYS = (
     "precision",
     "seed",
     "shuffle_buffer",
+    "keep_uids",
 )
 
 
@@ -148,6 +150,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--config", default=None, help="the reinforcement run's config.json (default: beside the data)"
+    )
+    p.add_argument(
+        "--keep-uids",
+        metavar="PARQUET",
+        default=None,
+        help="train only on the samples whose uid this parquet's `uid` column lists (e.g. a pandas or "
+        "DuckDB query over the shards' parquet scores)",
     )
     p.add_argument(
         "--teacher-dims", type=parse_teacher_dims, default=None, help="e.g. 768,768; overrides the config"
@@ -375,11 +384,22 @@ def _stream(
         "shuffle_buffer": args.shuffle_buffer,
         "start": cursor.positions,
         "skipped": cursor.skipped,
+        "keep_uids": _keep_uids(args.keep_uids),
     }
     if settings is None:
         interpolation = student.preprocess_cfg.get("interpolation") or "bicubic"
         return RawPairStream(shards, crop_scale=args.crop_scale, interpolation=interpolation, **common)
     return ReinforcedStream(shards, settings, **common)
+
+
+def _keep_uids(path: str | None) -> frozenset[str] | None:
+    """The uids `--keep-uids` names; None trains on every sample."""
+    if path is None:
+        return None
+    try:
+        return frozenset(str(uid) for uid in read_columns(path, ["uid"]).column("uid").to_pylist())
+    except (OSError, ValueError) as error:
+        raise DataError(f"--keep-uids {path}: {error}") from error
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,6 +29,14 @@ RESAMPLING: dict[str, Image.Resampling] = {
 _MAX_TRIES = 10
 
 
+def check_min_side(image_size: tuple[int, int], min_side: int) -> None:
+    """ImageTooSmallError for an image (width, height) with a side below `min_side`: no view is drawn
+    from it, and the score pass skips it the same way."""
+    width, height = image_size
+    if min(width, height) < max(1, min_side):
+        raise ImageTooSmallError(f"image {width}x{height} has a side below {min_side} px")
+
+
 def sample_crop(
     rng: np.random.Generator,
     image_size: tuple[int, int],
@@ -40,9 +48,8 @@ def sample_crop(
 
     ``image_size`` is ``(width, height)``. Images with a side below ``min_side`` are refused.
     """
+    check_min_side(image_size, min_side)
     width, height = image_size
-    if min(width, height) < max(1, min_side):
-        raise ImageTooSmallError(f"image {width}x{height} has a side below {min_side} px")
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(_MAX_TRIES):

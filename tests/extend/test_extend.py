@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from inspection.validate import validate
@@ -35,6 +36,8 @@ def test_added_teacher_equals_a_fresh_run_with_both_teachers(runs):
             assert (grown / f"{shard}{suffix}").read_bytes() == (fresh / f"{shard}{suffix}").read_bytes()
         assert _stats(grown, shard)["num_written"] == _stats(fresh, shard)["num_written"] > 0
     assert (grown / "manifest.jsonl").read_bytes() == (fresh / "manifest.jsonl").read_bytes()
+    scores = pq.read_schema(grown / "00000000.parquet").names[-3:]
+    assert scores == ["score_0", "score_1", "score_mean"]  # the added teacher is scored too
     config, expected = _config(grown), _config(fresh)
     assert config["teachers"] == expected["teachers"]  # dims, KD scales, order = slice order
     assert [t["dim"] for t in config["teachers"]] == [32, 48]

@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -73,6 +74,21 @@ def test_joined_shards_are_complete_in_reinforced_order(joined, join_input):
         assert {"jpg", "txt", "json", "url.txt", "syn.json", "paug.json", "npz"} == names
     written = {s.key for shard in join_input.shard_order for s in iter_shard(str(joined / f"{shard}.tar"))}
     assert join_input.caption_in_metadata in written
+
+
+def test_the_parquet_scores_each_sample_from_its_stored_embeddings(joined):
+    dims = [t["dim"] for t in json.loads((joined / "config.json").read_text())["teachers"]]
+    for path in sorted(joined.glob("*.tar")):
+        samples = list(iter_shard(str(path)))
+        table = pq.read_table(path.with_suffix(".parquet"))
+        assert table.column("uid").to_pylist() == [s.key for s in samples]
+        start = 0
+        for k, dim in enumerate(dims):  # the original caption against the first view, per teacher
+            image = np.stack([s.image_emb[0, start : start + dim] for s in samples]).astype(np.float64)
+            text = np.stack([s.caption_emb[start : start + dim] for s in samples]).astype(np.float64)
+            cosine = (image * text).sum(1) / np.linalg.norm(image, axis=1) / np.linalg.norm(text, axis=1)
+            np.testing.assert_allclose(table.column(f"score_{k}").to_numpy(), cosine, atol=1e-12)
+            start += dim
 
 
 def test_output_passes_the_validator(joined):
