@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from shards import storage
+from shards.interrupt import exit_on_interrupt
 from shards.raw import RawSample, iter_raw_shard
 from shards.reinforced import IMAGE_SHA256, V1_FAMILY, ReinforcedSample, ShardEntry, iter_entries
 from shards.run_config import augmenter_from_config, fingerprints_checkable
@@ -652,7 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def report(problem: Problem) -> None:
         print(problem.line(), flush=True)
 
-    outcome = validate(args.path, args.raw, args.teacher_dims, report)
+    with exit_on_interrupt(lambda: "validate writes nothing; run it again to check from the start"):
+        outcome = validate(args.path, args.raw, args.teacher_dims, report)
     for note in outcome.notes:
         print(f"note: {note}", file=sys.stderr)
     print(outcome.verdict())

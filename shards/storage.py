@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import os
 import posixpath
 import threading
 import uuid
@@ -33,8 +35,11 @@ def use_filesystem_options(beam_args: list[str] | PipelineOptions) -> None:
     FileSystems.set_options(options)
 
 
-def match(pattern: str) -> list[str]:
-    """Paths matching a glob, sorted so that every runner sees the same order."""
+def match(pattern: str, limit: int | None = None) -> list[str]:
+    """Paths matching a glob, sorted so that every runner sees the same order (with `limit`, only
+    that many are listed: a look, not the whole folder)."""
+    if limit is not None:
+        return sorted(m.path for m in FileSystems.match([pattern], limits=[limit])[0].metadata_list)
     return sorted(match_updated(pattern))
 
 
@@ -124,8 +129,12 @@ def atomic_write(path: str) -> Iterator[BinaryIO]:
 
 
 def commit(tmp: str, path: str) -> None:
-    """Move a finished temporary file to its final name, replacing an older one."""
+    """Move a finished temporary file to its final name, replacing an older file (never a folder:
+    Beam would delete a whole local folder in its place)."""
     if FileSystems.exists(path):
+        if os.path.isdir(path):
+            FileSystems.delete([tmp])
+            raise IsADirectoryError(errno.EISDIR, "a folder is where the file would go", path)
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
 

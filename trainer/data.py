@@ -36,6 +36,7 @@ import webdataset as wds
 
 from shards import storage
 from shards.reinforced import ReinforcedSample, ShardFormatError, decode_sample, iter_members
+from shards.run_inputs import folder_hint
 from shards.teacher_slices import TeacherSlice, is_unit_norm, slice_norms
 from trainer.settings import DataSettings
 from transforms import ViewAugmenter, decode_image, decode_param_aug
@@ -114,7 +115,8 @@ def list_shards(patterns: Sequence[str]) -> list[str]:
             raise DataError(f"cannot list {pattern}: {type(error).__name__}: {error}") from error
         shards.update(p for p in found if p.endswith(".tar"))
     if not shards:
-        raise DataError(f"no .tar shards match {list(patterns)}")
+        hints = "".join(folder_hint(pattern, "--data") for pattern in patterns[:1])
+        raise DataError(f"no .tar shards match --data {' '.join(patterns)}{hints}")
     return sorted(shards)
 
 
