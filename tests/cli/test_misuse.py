@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -305,3 +307,79 @@ def test_read_only_outputs_are_one_line(
         "--batch-size", "2", "--output", str(read_only_folder / "run"),
     )  # fmt: skip
     refused(done, "cannot write --output", "Read-only file system")
+
+
+# ---------------------------------------------------------------- item 6: Ctrl-C
+
+
+def interrupt_when(command: list[str], ready: Callable[[], bool], timeout: float = 600) -> tuple[str, float]:
+    """Run a CLI in its own process group, press Ctrl-C (SIGINT to the whole group, as a terminal
+    does) once `ready()`, and give back its stderr and how long it took to end; asserts exit 130."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "the command never got there"
+            time.sleep(0.2)
+        pressed = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - pressed
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    said = [line for line in stderr.splitlines() if "interrupt" in line.lower()]
+    assert said == [stderr.strip().splitlines()[-1]], stderr[-3000:]  # one line, the last
+    return said[0], took
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_reinforce_run_is_one_line_and_keeps_finished_shards(
+    sample_raw_dir: Path, tmp_path: Path, tiny_checkpoints: dict[str, str]
+) -> None:
+    out = tmp_path / "out"
+    command = [
+        "pipeline.reinforce", "--input", f"{sample_raw_dir}/*.tar", "--output", str(out), "--preset", "tiny",
+        "--teachers", f"{tiny_checkpoints['clip-a']},{tiny_checkpoints['clip-b']}",
+        "--captioner", tiny_checkpoints["coca"], "--num-views", "2", "--num-captions", "1",
+        "--model_threads", "1", "--runner", "DirectRunner",
+    ]  # fmt: skip
+    line, took = interrupt_when(command, lambda: any(out.glob("*_stats.json")))
+    assert line == f"interrupted: finished shards are kept in {out}; run the same command again to resume"
+    assert took < 20
+    assert not (out / ".lease.json").exists()
+    done = list(out.glob("*_stats.json"))
+    assert done and all((out / p.name.replace("_stats.json", ".tar")).is_file() for p in done)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_is_one_line_naming_the_checkpoint(tmp_path: Path) -> None:
+    from tests.support import ShardSpec, build_shards
+    from trainer.checkpoint import completed_steps
+
+    build_shards(tmp_path / "data", ShardSpec(shards=2, per_shard=12))
+    run = tmp_path / "run"
+    command = [
+        "trainer.train", "--data", str(tmp_path / "data" / "*.tar"), "--model", "tiny", "--steps", "100000",
+        "--batch-size", "4", "--workers", "2", "--output", str(run), "--checkpoint-every", "3",
+        "--teacher-dims", "8,12", "--kd-logit-scales", "100,50", "--threads", "1",
+    ]  # fmt: skip
+    line, took = interrupt_when(command, lambda: bool(completed_steps(str(run))))
+    step = completed_steps(str(run))[-1]
+    assert line.startswith(
+        f"interrupted: {run} keeps its checkpoint of step {step}; run the same command again"
+    )
+    assert took < 20
