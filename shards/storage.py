@@ -252,7 +252,11 @@ def unusable_beam_args(beam_args: list[str]) -> list[str]:
         import apache_beam.runners.dask.dask_runner  # noqa: F401  (registers the --dask_* options)
     known = PipelineOptions(beam_args).get_all_options(display_warnings=False)
     retained = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True, display_warnings=False)
-    unknown = [f"--{name}" for name in sorted(set(retained) - set(known))]
+    names = {name.split("=", 1)[0] for name in set(retained) - set(known)}
+    # as typed (`--on-mismatches`), not as Beam stores the name (`on_mismatches`)
+    unknown = sorted(
+        {arg.split("=", 1)[0] for arg in beam_args if arg.startswith("--") and _option_name(arg) in names}
+    )
     stray = [
         arg
         for i, arg in enumerate(beam_args)
@@ -260,3 +264,7 @@ def unusable_beam_args(beam_args: list[str]) -> list[str]:
         and (i == 0 or not beam_args[i - 1].startswith("--") or "=" in beam_args[i - 1])
     ]
     return unknown + stray
+
+
+def _option_name(arg: str) -> str:
+    return arg[2:].split("=", 1)[0].replace("-", "_")

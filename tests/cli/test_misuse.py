@@ -383,3 +383,13 @@ def test_ctrl_c_during_training_is_one_line_naming_the_checkpoint(tmp_path: Path
         f"interrupted: {run} keeps its checkpoint of step {step}; run the same command again"
     )
     assert took < 20
+
+
+def test_extend_records_a_relative_local_dir_spec_as_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.json names the added model wherever it is read from, not relative to where extend ran."""
+    monkeypatch.chdir(tmp_path)
+    assert extend.absolute_spec("local-dir:models/b") == f"local-dir:{tmp_path}/models/b"
+    assert extend.absolute_spec("local-dir:/abs/b") == "local-dir:/abs/b"
+    assert extend.absolute_spec("ViT-B-32@openai") == "ViT-B-32@openai"
