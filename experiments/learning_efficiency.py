@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import multiprocessing
 import os
@@ -118,14 +119,30 @@ def _train(
     lr: float = LEARNING_RATE,
 ) -> dict:
     """One `python -m trainer.train` run (same flags a user would type) on one core: one thread, data
-    decoded in the step's process, so that runs side by side do not fight over cores."""
+    decoded in the step's process, so that runs side by side do not fight over cores. Its lines are
+    labelled with the run's name (the arm or teacher): runs side by side share one terminal."""
     argv = [
         "--data", data, "--model", model, "--output", str(output), "--steps", str(steps),
         "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed),
         "--workers", "0", "--threads", "1", "--checkpoint-every", str(steps), "--keep-checkpoints", "1",
         "--log-every", str(max(1, steps // 4)), *extra,
     ]  # fmt: skip
-    return trainer.train(trainer.parse_args(argv))
+    with contextlib.redirect_stderr(_Labelled(sys.stderr, output.name)):
+        return trainer.train(trainer.parse_args(argv))
+
+
+class _Labelled(io.TextIOBase):
+    """A text stream that starts every line with `[label] `."""
+
+    def __init__(self, stream: Any, label: str) -> None:
+        self._stream, self._label, self._line_start = stream, f"[{label}] ", True
+
+    def write(self, text: str) -> int:
+        for part in text.splitlines(keepends=True):
+            self._stream.write(self._label + part if self._line_start else part)
+            self._line_start = part.endswith("\n")
+        self._stream.flush()
+        return len(text)
 
 
 def _ignore_ctrl_c() -> None:
@@ -306,7 +323,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     highest = max([*results["teacher_top1"].values(), *(t for c in results["curves"].values() for _, t in c)])
     chance = 1 / len(CLASSNAMES)
     axes.axhline(chance, color="black", linewidth=0.6, linestyle="-.")
-    axes.annotate("chance", (last_step, chance), fontsize=7, va="bottom", ha="right")
+    first_step = min(step for curve in results["curves"].values() for step, _ in curve)
+    # on the left: the teachers' labels are on the right, and the captioner's sits near chance
+    axes.annotate("chance", (first_step, chance), fontsize=7, va="bottom", ha="left")
     axes.set_xlabel("student training step")
     axes.set_ylabel(f"zero-shot top-1 (test split, {len(CLASSNAMES)} classes)")
     axes.set_ylim(0, min(1.0, 1.5 * highest))
