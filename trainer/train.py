@@ -142,7 +142,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--families",
         type=_families,
         default=FAMILIES,
-        help="caption families in the reinforced loss: original, synthetic or original,synthetic (default)",
+        help="which caption terms the reinforced loss has: original (the alt-text), synthetic (a caption "
+        "drawn from --caption-families) or original,synthetic (default)",
     )
     p.add_argument(
         "--crop-scale",
@@ -174,7 +175,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--caption-families",
         type=parse_caption_families,
         default=None,
-        help="synthetic caption families to draw from, e.g. syn_text_coca,syn_text_blip; default all, pooled",
+        help="where the synthetic term's captions come from: families such as syn_text_coca,syn_text_blip, "
+        "or all (default: every family the data has, pooled); needs synthetic in --families",
     )
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.2, help="AdamW weight decay (default %(default)s)")
@@ -236,6 +238,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             (args.warmup < 0, "--warmup must be >= 0"),
             (args.workers < 0, "--workers must be >= 0"),
             (args.checkpoint_every < 1, "--checkpoint-every must be at least 1"),
+            (
+                args.caption_families is not None and "synthetic" not in args.families,
+                "--caption-families picks the synthetic captions, but --families leaves them out",
+            ),
         )
         if bad
     ]
@@ -380,7 +386,8 @@ def _objective(
     probed = probe(shards, settings, student.tokenizer, student.image_size)
     described = (
         f"teachers {list(settings.teacher_dims)} at KD scales {list(settings.kd_logit_scales)} "
-        f"(from {settings.source}), families {list(args.families)}; first sample {probed['key']} has "
+        f"(from {settings.source}), loss terms {list(args.families)}, synthetic captions from "
+        f"{', '.join(settings.caption_families or ['every family'])}; first sample {probed['key']} has "
         f"{probed['num_views']} views"
     )
     return settings, reinforced_objective(settings.slices, args.lam, args.families), described
