@@ -77,7 +77,8 @@ def test_a_family_the_data_lacks_is_refused_naming_those_it_has(tmp_path):
     from trainer.settings import SettingsError
 
     teachers = [{"dim": 8, "kd_logit_scale": 100.0}, {"dim": 12, "kd_logit_scale": 100.0}]
-    config = {"layout": "v2", "caption_families": {"syn_text_coca": {}, "syn_text_blip": {}}, "teachers": teachers}
+    families = {"syn_text_coca": {}, "syn_text_blip": {}}
+    config = {"layout": "v2", "caption_families": families, "teachers": teachers}
     refusal = "syn_text_nope: the data has no such family; it has syn_text_blip, syn_text_coca"
     with pytest.raises(SettingsError, match=refusal):
         resolve_data_settings(config, caption_families=("syn_text_nope",))
