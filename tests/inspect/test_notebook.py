@@ -53,5 +53,5 @@ def test_notebook_pointed_at_a_missing_path_says_so(tmp_path: Path, monkeypatch:
     client = NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
     )
-    with pytest.raises(CellExecutionError, match="no .tar shard at"):
+    with pytest.raises(CellExecutionError, match=r"no \.tar shard at"):
         client.execute()
