@@ -393,3 +393,20 @@ def test_extend_records_a_relative_local_dir_spec_as_an_absolute_path(
     assert extend.absolute_spec("local-dir:models/b") == f"local-dir:{tmp_path}/models/b"
     assert extend.absolute_spec("local-dir:/abs/b") == "local-dir:/abs/b"
     assert extend.absolute_spec("ViT-B-32@openai") == "ViT-B-32@openai"
+
+
+def test_plot_over_a_file_not_ours_is_refused_ours_is_replaced(
+    victims: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainer import plot
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 0, "total": 1.0, "logit_scale": 10.0}\n')
+    before = snapshot(victims["file"])
+    refused(call(plot.main, capsys, str(log), str(victims["file"])), "not a loss picture")
+    refused(call(plot.main, capsys, str(log), str(victims["folder"])), "is a folder")
+    assert snapshot(victims["file"]) == before
+    picture = tmp_path / "loss.png"
+    for _ in range(2):  # ours: drawn, then drawn again over itself
+        assert call(plot.main, capsys, str(log), str(picture)).returncode == 0
+    assert plot.is_our_plot(picture.read_bytes()[:4096])
