@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -410,3 +411,35 @@ def test_plot_over_a_file_not_ours_is_refused_ours_is_replaced(
     for _ in range(2):  # ours: drawn, then drawn again over itself
         assert call(plot.main, capsys, str(log), str(picture)).returncode == 0
     assert plot.is_our_plot(picture.read_bytes()[:4096])
+
+
+# ---------------------------------------------------------------- item 12: help that says what to type
+
+
+@pytest.mark.parametrize(
+    ("main", "prog", "flags"),
+    [
+        (train_cli.main, "python -m trainer.train",
+         ("--lr", "--weight-decay", "--lambda", "--steps", "--checkpoint-every", "--keep-checkpoints")),
+        (evaluate_cli.main, "python -m trainer.evaluate", ("--limit", "--classnames")),
+        (inspect_cli.main, "python -m pipeline.inspect", ("--limit", "--show")),
+    ],
+)  # fmt: skip
+def test_usage_names_the_module_and_every_listed_flag_is_explained(main, prog, flags, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert text.startswith(f"usage: {prog} ")
+    for flag in flags:
+        explained = re.search(rf"{re.escape(flag)}( [A-Z_]+)? [a-zA-Z(]", text)
+        assert explained, f"{flag} has no help"
+
+
+def test_plan_flags_show_their_defaults(capsys) -> None:
+    from pipeline import plan
+
+    with pytest.raises(SystemExit):
+        plan.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--precision", "fp32"), ("--layout", "v1"), ("--batch-size", "64")):
+        assert re.search(rf"{flag} [^-]*default {default}", text), flag
