@@ -20,7 +20,7 @@ from pipeline.reinforce_args import parse, settings_from_args
 from shards import storage
 from shards.interrupt import exit_on_interrupt
 from shards.run_config import ConfigError
-from shards.run_folder import ERRORS_SUFFIX
+from shards.run_folder import ERRORS_SUFFIX, committed_shards
 from shards.write_guard import OutputRefused
 
 EXIT_OK, EXIT_NOTHING_DONE, EXIT_CONFIG = 0, 1, 2
@@ -69,12 +69,22 @@ def failure_advice(exc: BaseException, output: str) -> tuple[str, int]:
             f"no space left for {output}: free some, then run the same command again to resume",
             EXIT_NOTHING_DONE,
         )
-    return resume_hint(output)(), EXIT_NOTHING_DONE
+    return f"finished shards are kept in {output}; run the same command again to resume", EXIT_NOTHING_DONE
 
 
 def resume_hint(output: str) -> Callable[[], str]:
     """What a job's Ctrl-C says: finished shards stay, the same command resumes."""
-    return lambda: f"finished shards are kept in {output}; run the same command again to resume"
+
+    def hint() -> str:
+        try:
+            done = len(committed_shards(output))
+        except Exception:  # no such folder yet, or a store out of reach
+            done = 0
+        if not done:
+            return f"no shard was finished in {output} yet; run the same command again to start"
+        return f"{done} finished shard(s) are kept in {output}; run the same command again to resume"
+
+    return hint
 
 
 def launch(start: Callable[[], Any], output: str) -> tuple[Any, int]:

@@ -359,10 +359,11 @@ def test_ctrl_c_during_a_reinforce_run_is_one_line_and_keeps_finished_shards(
         "--model_threads", "1", "--runner", "DirectRunner",
     ]  # fmt: skip
     line, took = interrupt_when(command, lambda: any(out.glob("*_stats.json")))
-    assert line == f"interrupted: finished shards are kept in {out}; run the same command again to resume"
+    done = list(out.glob("*_stats.json"))
+    kept = f"{len(done)} finished shard(s) are kept in {out}"
+    assert line == f"interrupted: {kept}; run the same command again to resume"
     assert took < 20
     assert not (out / ".lease.json").exists()
-    done = list(out.glob("*_stats.json"))
     assert done and all((out / p.name.replace("_stats.json", ".tar")).is_file() for p in done)
 
 
