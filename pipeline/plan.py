@@ -46,8 +46,8 @@ TIMED_SECONDS = 20.0  # per stage, at least this long (or one call)
 STAGES = ("decode + augment", "captioner", "teachers on views", "teachers on texts", "write")
 EXIT_CONFIG = 2
 # Below this many calibration samples the figure swings: `python -m bench.plan_calibration` put the
-# 5-95 % range of the tiny preset's per-sample estimate at high/low 2.28 with 2 samples, 1.71 with 4,
-# 1.43 with 8 and 1.22 with 16 (random subsets of the bundled photos; captioning dominates).
+# 5-95 % range of the tiny preset's per-sample estimate at high/low 2.3-2.7 with 2 samples, 1.7-1.9
+# with 4, 1.4-1.5 with 8 and 1.2-1.3 with 16 (two runs; random subsets of the bundled photos).
 MIN_CALIBRATION_SAMPLES = 16
 # What a worker imports before it can take a shard (the job's shard stage and its Beam graph).
 WORKER_IMPORTS = "import beam_jobs.reinforce_graph, pipeline.reinforce_shard, pipeline.worker_models"
