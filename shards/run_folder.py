@@ -47,8 +47,8 @@ JOIN_INPUTS_FILE = "join_inputs.json"  # a join's record of its inputs (pipeline
 _GLOB_CHARS = frozenset("*?[")
 # The stats files' `written_by`: this project wrote the file (img2dataset's stats have the same name).
 WRITTEN_BY = "datacompdr-reinforce"
-# The fields every config.json of ours has (reinforce, extend, join), whatever its version.
-_CONFIG_FIELDS = ("schema_version", "layout", "teachers")
+# The fields every config.json of ours has (reinforce, extend, join, score), whatever its version.
+_CONFIG_FIELDS = ("schema_version", "teachers")
 
 
 def shard_name(input_path: str) -> str:
@@ -176,7 +176,7 @@ def is_our_stats(data: Any) -> bool:
 
 
 def is_run_config(data: Any) -> bool:
-    """A config.json of ours (reinforce, extend or join), by the fields they all have."""
+    """A config.json of ours (reinforce, extend, join or score), by the fields they all have."""
     return isinstance(data, dict) and all(field in data for field in _CONFIG_FIELDS)
 
 

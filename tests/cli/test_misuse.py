@@ -444,3 +444,14 @@ def test_plan_flags_show_their_defaults(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     for flag, default in (("--precision", "fp32"), ("--layout", "v1"), ("--batch-size", "64")):
         assert re.search(rf"{flag} [^-]*default {default}", text), flag
+
+
+def test_a_score_run_is_one_of_ours_too(tmp_path: Path) -> None:
+    """A score run's config.json has no layout: it is still ours, and its rerun resumes."""
+    from shards.run_folder import check_run_output
+
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"schema_version": 1, "job": "score", "teachers": []}))
+    (folder / "00000000.parquet").write_bytes(b"PAR1")
+    check_run_output(str(folder), ["/raw/00000000.tar"])
