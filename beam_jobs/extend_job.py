@@ -20,6 +20,8 @@ from shards.run_folder import ShardStats
 class ExtendShardFn(ShardFn):
     """Reinforced shard path in; the same shard, grown, written."""
 
+    progress_label = "extending"
+
     def models_tag(self) -> tuple[Any, ...]:
         s: ExtendSettings = self._settings
         return ("extend", s.add_teacher, s.kd_logit_scale, s.add_captioner, s.precision, s.device)

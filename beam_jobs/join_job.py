@@ -31,6 +31,7 @@ from shards import storage
 from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
     CONFIG_FILE,
+    check_run_output,
     committed_shards,
     remove_stale_temporaries,
     run_result,
@@ -76,6 +77,7 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
         if settings.raw_metadata_pattern
         else []
     )
+    check_run_output(settings.output_dir, [*reinforced, *raw])  # before anything is written
     config = join_run_config(settings, first_sample_shape(reinforced), source_config(settings))
     if storage.exists(storage.join(settings.output_dir, CONFIG_FILE)):
         write_or_check_run_config(settings.output_dir, config)  # a rerun: the same settings, or stop now
@@ -107,7 +109,7 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
     )
     local = is_local(options)
     with (
-        ShardProgress(settings.output_dir, sorted(pending))
+        ShardProgress(settings.output_dir, sorted(pending), label="joining")
         if show_progress and local and pending
         else contextlib.nullcontext()
     ):

@@ -61,6 +61,8 @@ class ShardFn(beam.DoFn):
     `Shared` keeps per worker process, `run_shard` runs the plain-Python stage on one shard.
     """
 
+    progress_label = "reinforcing"  # what the live progress line calls the work
+
     def __init__(
         self,
         settings: Any,

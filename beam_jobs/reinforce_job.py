@@ -37,7 +37,7 @@ from shards import storage
 from shards.lease import hold_output
 from shards.remote_access import check_remote_access
 from shards.run_config import ConfigError, write_or_check_run_config
-from shards.run_folder import RunSummary, run_result, shard_name
+from shards.run_folder import RunSummary, check_run_output, run_result, shard_name
 from shards.run_inputs import find_input_shards, pending_inputs
 from shards.storage import unusable_beam_args
 
@@ -141,13 +141,15 @@ def run_shard_job(
     show_progress: bool,
     force_takeover: bool = False,
 ) -> JobOutcome:
-    """Any shard job: check the flags and remote access, take the output folder's lease, load the
+    """Any shard job: check the flags, remote access and output folder (new, empty or one of our runs,
+    never the inputs' folder), take the output folder's lease, load the
     models once to describe them in config.json (written, or checked on resume), then run the shard
     stage on every input shard not yet committed in `settings.output_dir`, and write the manifest and
     summary."""
     options = beam_options(beam_args)
     check_remote_access([settings.input_pattern, settings.output_dir], options)
     inputs = find_input_shards(settings.input_pattern)
+    check_run_output(settings.output_dir, inputs)
     with hold_output(settings.output_dir, force=force_takeover):
         return _run_held(settings, options, inputs, shard_fn_type, load_models, describe, show_progress)
 
@@ -187,7 +189,7 @@ def _run_held(
     pipeline = beam.Pipeline(runner=create_runner(options), options=options)
     build_graph(pipeline, output_dir, pending, shards, shard_fn=shard_fn)
     with (
-        ShardProgress(output_dir, [shard_name(p) for p in pending])
+        ShardProgress(output_dir, [shard_name(p) for p in pending], label=shard_fn_type.progress_label)
         if show_progress and local and pending
         else contextlib.nullcontext()
     ):

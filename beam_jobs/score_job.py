@@ -20,6 +20,8 @@ from shards.run_folder import ShardStats
 class ScoreShardFn(ShardFn):
     """Raw shard path in; its score file written."""
 
+    progress_label = "scoring"
+
     def models_tag(self) -> tuple[Any, ...]:
         s: ScoreSettings = self._settings
         return ("score", s.teachers, s.precision, s.device)

@@ -14,16 +14,20 @@ printed is the results as one JSON object.
 
 Re-running the same command on the same DIR resumes: the world is rewritten byte for byte, finished
 training runs and reinforced shards are kept (the trainer and the job resume), the rest is done.
-`seconds` is the time of this invocation.
+`seconds` is the time of this invocation. DIR must be new, empty or one of this experiment's
+(`experiment.json` says which profile and seed it holds): it is never written over otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,7 +41,9 @@ from experiments.controls import write_control
 from experiments.models import CAPTIONER, STUDENT, TEACHERS, write_initial
 from experiments.world import CLASSNAMES, build_world, names_every_object, split_pattern
 from shards import storage
+from shards.interrupt import exit_on_interrupt
 from shards.reinforced import ShardFormatError, iter_shard
+from shards.write_guard import OutputRefused, check_output_folder
 from trainer import train as trainer
 from trainer.checkpoint import step_dir
 from trainer.plot import read_log
@@ -99,6 +105,7 @@ LEARNING_RATE = 2e-3  # tiny models from scratch; the same for every CLIP run
 # 30 steps its captions were random words from the whole vocabulary; 5e-3 learns the language in
 # about 60 steps (1e-2 as fast; higher is unstable for the CLIPs, 5e-3 already worse for them).
 CAPTIONER_LEARNING_RATE = 5e-3
+MARKER_FILE = "experiment.json"  # what DIR holds: this experiment, its profile and seed
 
 
 def _train(
@@ -112,23 +119,48 @@ def _train(
     lr: float = LEARNING_RATE,
 ) -> dict:
     """One `python -m trainer.train` run (same flags a user would type) on one core: one thread, data
-    decoded in the step's process, so that runs side by side do not fight over cores."""
+    decoded in the step's process, so that runs side by side do not fight over cores. Its lines are
+    labelled with the run's name (the arm or teacher): runs side by side share one terminal."""
     argv = [
         "--data", data, "--model", model, "--output", str(output), "--steps", str(steps),
         "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed),
         "--workers", "0", "--threads", "1", "--checkpoint-every", str(steps), "--keep-checkpoints", "1",
         "--log-every", str(max(1, steps // 4)), *extra,
     ]  # fmt: skip
-    return trainer.train(trainer.parse_args(argv))
+    with contextlib.redirect_stderr(_Labelled(sys.stderr, output.name)):
+        return trainer.train(trainer.parse_args(argv))
+
+
+class _Labelled(io.TextIOBase):
+    """A text stream that starts every line with `[label] `."""
+
+    def __init__(self, stream: Any, label: str) -> None:
+        self._stream, self._label, self._line_start = stream, f"[{label}] ", True
+
+    def write(self, text: str) -> int:
+        for part in text.splitlines(keepends=True):
+            self._stream.write(self._label + part if self._line_start else part)
+            self._line_start = part.endswith("\n")
+        self._stream.flush()
+        return len(text)
+
+
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the experiment's own process stops its runs
 
 
 def _train_side_by_side(runs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]]) -> dict[str, dict]:
     """Independent training runs (name -> `_train` arguments), one process per core: each run is
     seeded and single-threaded, so its figures do not depend on what runs beside it."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1), mp_context=context) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=max(1, os.cpu_count() or 1), mp_context=context, initializer=_ignore_ctrl_c
+    )
+    try:
         futures = {name: pool.submit(_train, *args, **kwargs) for name, (args, kwargs) in runs.items()}
         return {name: future.result() for name, future in futures.items()}
+    finally:  # on Ctrl-C, waiting for the runs would take minutes: exit_on_interrupt ends them
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _final_checkpoint(run: Path, steps: int) -> str:
@@ -174,7 +206,8 @@ def reinforce(out: Path, teachers: dict[str, Any], profile: Profile, seed: int) 
         "--num-views", str(profile.num_views), "--num-captions", str(profile.num_captions),
         "--seed", str(seed), "--no-progress", "--runner", "DirectRunner", "--model_threads", "1",
     ]  # fmt: skip
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    # its own session: Ctrl-C reaches this process only, which ends the job and says what is kept
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, start_new_session=True)
     return folder
 
 
@@ -290,7 +323,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     highest = max([*results["teacher_top1"].values(), *(t for c in results["curves"].values() for _, t in c)])
     chance = 1 / len(CLASSNAMES)
     axes.axhline(chance, color="black", linewidth=0.6, linestyle="-.")
-    axes.annotate("chance", (last_step, chance), fontsize=7, va="bottom", ha="right")
+    first_step = min(step for curve in results["curves"].values() for step, _ in curve)
+    # on the left: the teachers' labels are on the right, and the captioner's sits near chance
+    axes.annotate("chance", (first_step, chance), fontsize=7, va="bottom", ha="left")
     axes.set_xlabel("student training step")
     axes.set_ylabel(f"zero-shot top-1 (test split, {len(CLASSNAMES)} classes)")
     axes.set_ylim(0, min(1.0, 1.5 * highest))
@@ -321,6 +356,26 @@ def run(profile: Profile, out: Path, seed: int) -> dict[str, Any]:
     return results
 
 
+def _marker(profile: Profile, seed: int) -> dict[str, Any]:
+    return {"experiment": "learning_efficiency", "profile": dataclasses.asdict(profile), "seed": seed}
+
+
+def check_out(out: Path, profile: Profile, seed: int) -> None:
+    """DIR is new, empty or this experiment's with the same profile and seed (OutputRefused otherwise)."""
+
+    def ours(folder: str) -> bool:
+        for name, key in ((MARKER_FILE, "experiment"), ("results.json", "steps_ratio")):  # and older DIRs
+            with contextlib.suppress(OSError, ValueError):
+                if key in json.loads((Path(folder) / name).read_text()):
+                    return True
+        return False
+
+    check_output_folder(str(out), "--out", ours, "a learning-efficiency folder (no experiment.json)")
+    marker = out / MARKER_FILE
+    if marker.is_file() and json.loads(marker.read_text()) != _marker(profile, seed):
+        raise OutputRefused(f"--out {out} holds a run with another profile or seed; name a new folder")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small world and short runs (minutes)")
@@ -330,8 +385,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     out = args.out or Path("out") / ("learning_efficiency_quick" if args.quick else "learning_efficiency")
-    torch.set_num_threads(2)
-    results = run(QUICK if args.quick else FULL, out, args.seed)
+    profile = QUICK if args.quick else FULL
+    with exit_on_interrupt(lambda: f"finished runs are kept in {out}; run the same command again to resume"):
+        try:
+            check_out(out, profile, args.seed)
+        except OutputRefused as error:
+            parser.exit(2, f"error: {error}\n")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER_FILE).write_text(json.dumps(_marker(profile, args.seed), indent=2) + "\n")
+        torch.set_num_threads(2)
+        results = run(profile, out, args.seed)
     print(json.dumps({k: v for k, v in results.items() if k != "curves"}))
 
 

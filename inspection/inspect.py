@@ -23,17 +23,22 @@ from PIL import Image
 from inspection import figures
 from inspection.overview import DEFAULT_LIMIT, ShardOverview, load_overview, sample_lines, summary_lines
 from shards import storage
+from shards.interrupt import exit_on_interrupt
 from shards.reinforced import ReinforcedSample
 from shards.storage import parse_known_beam_args
 from shards.teacher_slices import parse_teacher_dims
+from shards.write_guard import EXIT_REFUSED, OutputRefused, check_output_file
 from transforms import BadImageError, decode_image
 
 DEFAULT_SHOW = 3
+# Marks a page as one of our reports, so that --html replaces only those (shards/write_guard.py).
+GENERATOR = '<meta name="generator" content="datacompdr-reinforce pipeline.inspect">'
 # Formats every browser shows as they are; anything else is re-encoded as PNG for the page.
 _BROWSER_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
-pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 img.original { max-height: 320px; width: auto; }
 section.sample { border-top: 1px solid #ccc; margin-top: 1.5em; }
@@ -53,6 +58,7 @@ def render_html(overview: ShardOverview, samples: list[ReinforcedSample]) -> str
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        GENERATOR,
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
         "style-src 'unsafe-inline'\">",
         f"<title>Shard report: {html.escape(overview.run.path)}</title>",
@@ -122,13 +128,28 @@ def _original(sample: ReinforcedSample) -> str:
     return _img(buffer.getvalue(), "image/png", f"stored image of {sample.key} (as PNG)", "original")
 
 
+def is_our_report(start: bytes) -> bool:
+    """A page this command wrote (its first few kB): the generator line, or, in reports from before
+    it, the title and content security policy they all begin with."""
+    text = start.decode("utf-8", "replace")
+    older = text.startswith("<!doctype html>") and "Content-Security-Policy" in text
+    return GENERATOR in text or (older and "<title>Shard report: " in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.inspect", description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a shard, a glob of shards, or an output folder (local, gs://, s3://)")
     parser.add_argument("--sample", metavar="KEY", help="show everything about this sample")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report here")
-    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="samples decoded for the histograms")
-    parser.add_argument("--show", type=int, default=DEFAULT_SHOW, help="samples shown in full")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help="samples decoded for the histograms and norms (default %(default)s)",
+    )
+    parser.add_argument(
+        "--show", type=int, default=DEFAULT_SHOW, help="samples shown in full (default %(default)s)"
+    )
     parser.add_argument(
         "--teacher-dims",
         type=parse_teacher_dims,
@@ -136,6 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="teacher widths, for shards without config.json (e.g. 768,768)",
     )
     args = parse_known_beam_args(parser, argv)  # any Beam filesystem option: --s3_endpoint_url, ...
+    with exit_on_interrupt(lambda: "nothing was written (the report is written only when complete)"):
+        try:
+            if args.html:
+                check_output_file(args.html, "--html", is_our_report, "a report written by pipeline.inspect")
+            return _inspect(args)
+        except OutputRefused as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_REFUSED
+
+
+def _inspect(args: argparse.Namespace) -> int:
     overview = load_overview(
         args.path, limit=args.limit, sample_key=args.sample, teacher_dims=args.teacher_dims
     )
@@ -151,7 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("\n".join(summary_lines(overview, show=args.show)))
     if args.html:
-        storage.write_text_atomic(args.html, render_html(overview, samples))
+        try:
+            storage.write_text_atomic(args.html, render_html(overview, samples))
+        except OSError as error:  # a read-only or full disk, a folder without permission
+            print(f"error: cannot write --html {args.html}: {error}", file=sys.stderr)
+            return EXIT_REFUSED
         print(f"wrote {args.html}")
     return 0
 

@@ -32,9 +32,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from shards import storage
+from shards.interrupt import exit_on_interrupt
 from shards.raw import RawSample, iter_raw_shard
-from shards.reinforced import IMAGE_SHA256, V1_FAMILY, ReinforcedSample, ShardEntry, iter_entries
-from shards.run_config import augmenter_from_config, fingerprints_checkable
+from shards.reinforced import IMAGE_SHA256, ReinforcedSample, ShardEntry, iter_entries
+from shards.run_config import augmenter_from_config, configured_families, fingerprints_checkable
 from shards.run_folder import RunFolder, ShardStats, committed_shards, open_run, shard_name
 from shards.storage import parse_known_beam_args
 from shards.teacher_slices import (
@@ -131,7 +132,7 @@ class Validator:
             slices=slices,
             num_views=_int_or_none(config.get("num_views")),
             num_captions=_int_or_none(config.get("num_captions")),
-            families=_configured_families(config),
+            families=configured_families(config),
             embedding_member=EMBEDDING_MEMBERS.get(str(config.get("embedding_dtype"))),
             learnt=run.config is None,
         )
@@ -612,22 +613,6 @@ def validate(
     return Validator(open_run(path), raw_dir, teacher_dims, report).validate()
 
 
-def _configured_families(config: dict[str, Any]) -> tuple[str, ...] | None:
-    """v1: `syn_text`; v2: `caption_families` (an extended run's) or the one `caption_family`."""
-    layout, family, families = (
-        config.get("layout"),
-        config.get("caption_family"),
-        config.get("caption_families"),
-    )
-    if layout == "v1":
-        return (V1_FAMILY,)
-    if layout == "v2" and isinstance(families, dict) and families:
-        return tuple(sorted(families))
-    if layout == "v2" and isinstance(family, str):
-        return (family,)
-    return None
-
-
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -652,7 +637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def report(problem: Problem) -> None:
         print(problem.line(), flush=True)
 
-    outcome = validate(args.path, args.raw, args.teacher_dims, report)
+    with exit_on_interrupt(lambda: "validate writes nothing; run it again to check from the start"):
+        outcome = validate(args.path, args.raw, args.teacher_dims, report)
     for note in outcome.notes:
         print(f"note: {note}", file=sys.stderr)
     print(outcome.verdict())

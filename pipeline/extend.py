@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pipeline.extend_settings import (
@@ -17,9 +18,10 @@ from pipeline.extend_settings import (
     ExtendSettings,
     read_input_config,
 )
-from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK
+from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK, launch, report_run, resume_hint
 from pipeline.settings import DEFAULT_BATCH_SIZE
 from shards import storage
+from shards.interrupt import exit_on_interrupt
 from shards.run_folder import ERRORS_SUFFIX
 
 EPILOG = """\
@@ -76,14 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def absolute_spec(spec: str | None) -> str | None:
+    """A `local-dir:` spec with an absolute path: config.json must name the model wherever it is read."""
+    from teachers.specs import LOCAL_DIR
+
+    if spec is None or not spec.startswith(LOCAL_DIR) or "://" in spec:
+        return spec
+    return LOCAL_DIR + os.path.abspath(spec.removeprefix(LOCAL_DIR))
+
+
 def settings_from_args(args: argparse.Namespace) -> ExtendSettings:
     settings = ExtendSettings(
         input_pattern=args.input,
         output_dir=args.output,
         input_config=read_input_config(args.input, args.input_config),
-        add_teacher=args.add_teacher,
+        add_teacher=absolute_spec(args.add_teacher),
         kd_logit_scale=args.kd_logit_scale,
-        add_captioner=args.add_captioner,
+        add_captioner=absolute_spec(args.add_captioner),
         caption_tag=args.caption_tag,
         v1_caption_tag=args.v1_caption_tag,
         precision=args.precision,
@@ -97,8 +108,12 @@ def settings_from_args(args: argparse.Namespace) -> ExtendSettings:
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with exit_on_interrupt(resume_hint(args.output)):
+        return _extend(args, beam_args)
+
+
+def _extend(args: argparse.Namespace, beam_args: list[str]) -> int:
     from beam_jobs.extend_job import run_extend_job
-    from pipeline.reinforce import launch, report_run
 
     outcome, code = launch(
         lambda: run_extend_job(settings_from_args(args), beam_args, show_progress=not args.no_progress),

@@ -18,6 +18,7 @@ from shards import storage
 from shards.reinforced import V1_FAMILY
 from shards.run_config import ConfigError, library_versions
 from shards.run_folder import CONFIG_FILE
+from shards.run_inputs import find_input_shards
 from shards.teacher_slices import slices_from_config
 
 DEFAULT_KD_LOGIT_SCALE = 100.0  # what the reinforce job gives a teacher named without a scale
@@ -58,6 +59,9 @@ class ExtendSettings:
         if self.output_dir.rstrip("/") == storage.dirname(self.input_pattern).rstrip("/"):
             problems.append("--output must be a new folder, not the input's")
         problems += _input_problems(self.input_config)
+        known = {t.get("spec") for t in self.input_config.get("teachers") or [] if isinstance(t, dict)}
+        if self.add_teacher is not None and self.add_teacher in known:
+            problems.append(f"the input already has teacher {self.add_teacher}; add another one")
         if self.add_captioner is not None and self.new_family in self.input_families:
             problems.append(f"the input already holds {self.new_family}; pick another --caption-tag")
         if problems:
@@ -144,6 +148,8 @@ def _input_problems(config: dict[str, Any]) -> list[str]:
 
 def read_input_config(input_pattern: str, explicit: str | None = None) -> dict[str, Any]:
     """The input run's config.json: `explicit`, else the one beside the shards."""
+    if explicit is None:
+        find_input_shards(input_pattern)  # no shard there: say so, not that the config is missing
     path = explicit or storage.join(storage.dirname(input_pattern), CONFIG_FILE)
     try:
         config = json.loads(storage.read_text(path))

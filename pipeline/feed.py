@@ -25,9 +25,12 @@ _pools: dict[int, ProcessPoolExecutor] = {}
 
 
 def _init_worker() -> None:
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the job's to handle (shards/interrupt.py)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:

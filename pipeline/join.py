@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if summary.num_skipped or summary.shard_errors:
         where = storage.join(args.output, "*" + ERRORS_SUFFIX)
         print(f"{summary.num_skipped} pair(s) not joined; each is listed with its reason in {where}")
-    if args.on_mismatch == "list":
+    if args.on_mismatch == "list" and summary.num_skipped:
         print(f"images to fetch again: {storage.join(args.output, REFETCH_FILE)}")
     if summary.num_written == 0:
         print("error: no sample could be joined; see the *_errors.jsonl files for why", file=sys.stderr)

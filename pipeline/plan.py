@@ -14,17 +14,21 @@ worker's time per sample is the models' and the writer's, or decoding and augmen
 slower: the job runs those in a helper thread ahead of the models. Each worker also pays once for
 loading its models, their first (slow) calls and the first caption group's decoding before the
 models have work, and the launcher waits a second to be sure of its output lease: `startup_seconds`,
-what dominates a small job.
-Run `--device cuda` on the GPU machine itself.
+what dominates a small job. The worker process's own start (the interpreter and the job's imports)
+is timed in a fresh process, as a worker pays it.
+Run `--device cuda` on the GPU machine itself. Progress goes to stderr, one line per stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,12 +38,19 @@ from typing import Any
 
 from pipeline.presets import PRESETS, tiny_checkpoint_root
 from pipeline.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, ReinforceSettings
+from shards.interrupt import exit_on_interrupt
 
 BUNDLED_SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "raw"
 STAGE_BUDGET_SECONDS = 40.0  # time whole job batches of a stage when two fit in this
 TIMED_SECONDS = 20.0  # per stage, at least this long (or one call)
 STAGES = ("decode + augment", "captioner", "teachers on views", "teachers on texts", "write")
 EXIT_CONFIG = 2
+# Below this many calibration samples the figure swings: `python -m bench.plan_calibration` put the
+# 5-95 % range of the tiny preset's per-sample estimate at high/low 2.3-2.7 with 2 samples, 1.7-1.9
+# with 4, 1.4-1.5 with 8 and 1.2-1.3 with 16 (two runs; random subsets of the bundled photos).
+MIN_CALIBRATION_SAMPLES = 16
+# What a worker imports before it can take a shard (the job's shard stage and its Beam graph).
+WORKER_IMPORTS = "import beam_jobs.reinforce_graph, pipeline.reinforce_shard, pipeline.worker_models"
 
 
 def parse_count(text: str) -> int:
@@ -69,17 +80,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (run on the GPU machine); default cpu")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU); default 1")
     parser.add_argument("--price-per-hour", type=float, help="price of one worker-hour, for the cost")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--embedding-dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--layout", default="v1", choices=["v1", "v2"])
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="model weights, as the job's (default fp32)",
+    )
+    parser.add_argument(
+        "--embedding-dtype",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="stored embeddings, as the job's: sizes the output (default fp32)",
+    )
+    parser.add_argument(
+        "--layout", default="v1", choices=["v1", "v2"], help="output layout, as the job's (default v1)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="views (and texts) per teacher pass, as the job's (default %(default)s)",
+    )
     parser.add_argument("--num-views", type=int, help="override the preset's A")
     parser.add_argument("--num-captions", type=int, help="override the preset's S")
     parser.add_argument("--teachers", help="teacher specs overriding the preset (as for the job)")
     parser.add_argument("--captioner", help="captioner spec overriding the preset (as for the job)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores, as the job")
     parser.add_argument(
-        "--calibration-samples", type=int, default=32, help="real samples to time on (default %(default)s)"
+        "--calibration-samples",
+        type=int,
+        default=32,
+        help=f"real samples to time on, at least {MIN_CALIBRATION_SAMPLES} for a stable figure "
+        "(default %(default)s)",
     )
     return parser
 
@@ -136,28 +168,61 @@ def random_init_spec(spec: str) -> str:
     return local_dir_spec(folder)
 
 
+def say(message: str) -> None:
+    """One progress line on stderr: calibrating a large preset on a CPU takes minutes."""
+    print(f"plan: {message}", file=sys.stderr, flush=True)
+
+
+class _NoWeightsWarnings(logging.Filter):
+    """open_clip warns for every checkpoint without weights; the plan says once that it times such."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "no CLIP weights found" not in message and "No pretrained weights loaded" not in message
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Any:
+    root, quiet = logging.getLogger(), _NoWeightsWarnings()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def load_models(settings: ReinforceSettings) -> tuple[Any, str, float]:
     """The job's models, or random-init stand-ins of the same architectures; which it was; and the
     seconds a worker takes to load them."""
     from pipeline.worker_models import load_models as load_worker_models
     from teachers.specs import ModelLoadError
 
+    say("loading the preset's models")
     try:
-        seconds, models = _timed(lambda: load_worker_models(settings))
+        with _quiet_random_init():  # the tiny preset's own checkpoints are random-init too
+            seconds, models = _timed(lambda: load_worker_models(settings))
         return models, "the run's own weights", seconds
     except ModelLoadError as exc:
         reason = str(exc).splitlines()[0]
-    stand_in = dataclasses.replace(
-        settings,
-        teachers=tuple(random_init_spec(spec) for spec in settings.teachers),
-        captioner=random_init_spec(settings.captioner),
-    )
+    say("their weights are not at hand: timing random-init models of the same architectures instead")
+    with _quiet_random_init():
+        stand_in = dataclasses.replace(
+            settings,
+            teachers=tuple(random_init_spec(spec) for spec in settings.teachers),
+            captioner=random_init_spec(settings.captioner),
+        )
+        seconds, models = _timed(lambda: load_worker_models(stand_in))
     note = (
         f"random-init weights of the same architectures (weights not at hand: {reason}); the same "
         "compute, but a random captioner writes captions to the length cap, so 'captioner' is an upper bound"
     )
-    seconds, models = _timed(lambda: load_worker_models(stand_in))
     return models, note, seconds
+
+
+def worker_start_seconds() -> float:
+    """A fresh interpreter importing what a worker imports before its first shard, timed."""
+    seconds, _ = _timed(lambda: subprocess.run([sys.executable, "-c", WORKER_IMPORTS], check=True))
+    return seconds
 
 
 # ---------------------------------------------------------------- calibration
@@ -225,6 +290,7 @@ def calibrate(
     from shards.lease import SETTLE_S
     from shards.writer import ShardWriter
 
+    say(f"timing decode + augment on {len(samples)} samples")
     prepared, prepare_seconds = [], 0.0
     for raw in samples:
         seconds: dict[str, float] = {}
@@ -247,6 +313,7 @@ def calibrate(
                 captions[id(item)] = result
 
     first_calls = 0.0
+    say(f"timing the captioner (at least {TIMED_SECONDS:.0f} s per model stage)")
     per_image, extra, how["captioner"] = _per_row(
         prepared, int(getattr(models.captioner, "micro_batch", 1)), group, caption
     )
@@ -255,6 +322,7 @@ def calibrate(
 
     views = [view for p in prepared for view in torch.from_numpy(p.views)]
     ensemble = models.ensemble
+    say("timing the teachers on views")
     per_view, extra, how["teachers on views"] = _per_row(
         views,
         ensemble.micro_batch,
@@ -269,12 +337,16 @@ def calibrate(
         for p in prepared
         for t in (p.raw.caption, *captions.get(id(p), ["a photo"] * settings.num_captions))
     ]
+    say("timing the teachers on texts")
     per_text, extra, how["teachers on texts"] = _per_row(
         texts, ensemble.text_micro_batch, settings.batch_size, ensemble.embed_texts
     )
     per_sample["teachers on texts"] = per_text * (1 + settings.num_captions)
     first_calls += extra
+    say("timing a worker process's start and the writer")
     startup = {
+        # the interpreter and the job's imports, before a worker can take a shard
+        "process start": worker_start_seconds(),
         # the launcher's wait for a rival job's lease write (counted per worker here: a second each)
         "output lease": SETTLE_S,
         "load models": load_seconds,
@@ -411,20 +483,33 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    if args.workers < 1 or args.calibration_samples < 1:
-        print("error: --workers and --calibration-samples must be at least 1", file=sys.stderr)
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.calibration_samples < MIN_CALIBRATION_SAMPLES:
+        print(
+            f"error: --calibration-samples {args.calibration_samples} is too few for a stable figure; "
+            f"use at least {MIN_CALIBRATION_SAMPLES}",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     torch.set_num_threads(worker_threads(args.threads, 1))
-    try:
-        settings = job_settings(args)
-        samples = raw_samples(settings.input_pattern, args.calibration_samples)
-        if not samples:
-            raise ConfigError(f"no readable sample in {settings.input_pattern!r}")
-        models, note, load_seconds = load_models(settings)
-    except (ConfigError, ModelLoadError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    calibration = calibrate(settings, models, samples, load_seconds)
+    with exit_on_interrupt(lambda: "no plan was made (the plan writes nothing); run it again"):
+        try:
+            settings = job_settings(args)
+            samples = raw_samples(settings.input_pattern, args.calibration_samples)
+            if not samples:
+                raise ConfigError(f"no readable sample in {settings.input_pattern!r}")
+            models, note, load_seconds = load_models(settings)
+        except (ConfigError, ModelLoadError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if len(samples) < MIN_CALIBRATION_SAMPLES:
+            say(
+                f"warning: the input holds only {len(samples)} readable samples; below "
+                f"{MIN_CALIBRATION_SAMPLES} the figures are not stable"
+            )
+        calibration = calibrate(settings, models, samples, load_seconds)
     figures = extrapolate(
         calibration, samples=args.samples, workers=args.workers, device=args.device, price=args.price_per_hour
     )

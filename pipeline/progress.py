@@ -19,11 +19,19 @@ from shards.run_folder import RunSummary, committed_shards, read_shard_stats
 
 
 class ShardProgress:
-    """`with ShardProgress(output_dir, pending_shards):` shows `shards done, samples/s, ETA` until exit."""
+    """`with ShardProgress(output_dir, pending_shards, label="reinforcing"):` shows `label: shards done,
+    samples/s, ETA` until exit; the label names the job (reinforcing, extending, joining)."""
 
     def __init__(
-        self, output_dir: str, pending: list[str], *, interval: float = 1.0, stream: TextIO | None = None
+        self,
+        output_dir: str,
+        pending: list[str],
+        *,
+        label: str,
+        interval: float = 1.0,
+        stream: TextIO | None = None,
     ) -> None:
+        self._label = label
         self._output_dir = output_dir
         self._pending = list(pending)
         self._interval = interval
@@ -38,7 +46,7 @@ class ShardProgress:
         self._bar = tqdm(
             total=len(self._pending),
             unit="shard",
-            desc="reinforcing",
+            desc=self._label,
             file=self._stream,
             dynamic_ncols=True,
             mininterval=self._interval,

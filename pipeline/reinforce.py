@@ -18,8 +18,10 @@ from typing import Any
 from pipeline.progress import summary_table
 from pipeline.reinforce_args import parse, settings_from_args
 from shards import storage
+from shards.interrupt import exit_on_interrupt
 from shards.run_config import ConfigError
-from shards.run_folder import ERRORS_SUFFIX
+from shards.run_folder import ERRORS_SUFFIX, committed_shards
+from shards.write_guard import OutputRefused
 
 EXIT_OK, EXIT_NOTHING_DONE, EXIT_CONFIG = 0, 1, 2
 
@@ -70,16 +72,33 @@ def failure_advice(exc: BaseException, output: str) -> tuple[str, int]:
     return f"finished shards are kept in {output}; run the same command again to resume", EXIT_NOTHING_DONE
 
 
+def resume_hint(output: str) -> Callable[[], str]:
+    """What a job's Ctrl-C says: finished shards stay, the same command resumes."""
+
+    def hint() -> str:
+        try:
+            done = len(committed_shards(output))
+        except Exception:  # no such folder yet, or a store out of reach
+            done = 0
+        if not done:
+            return f"no shard was finished in {output} yet; run the same command again to start"
+        return f"{done} finished shard(s) are kept in {output}; run the same command again to resume"
+
+    return hint
+
+
 def launch(start: Callable[[], Any], output: str) -> tuple[Any, int]:
     """Run a job (reinforce, join, extend): its outcome and EXIT_OK, or None and the exit code after
-    saying why it could not start (bad settings, a model, device or bucket out of reach) or failed."""
+    saying why it could not start (bad settings, a model, device or bucket out of reach, an output
+    folder it must not write) or failed; on Ctrl-C, one line and exit 130."""
     from shards.remote_access import RemoteAccessError
     from teachers.devices import DeviceError
     from teachers.specs import ModelLoadError
 
     try:
-        return start(), EXIT_OK
-    except (ConfigError, ModelLoadError, RemoteAccessError, DeviceError) as exc:
+        with exit_on_interrupt(resume_hint(output)):
+            return start(), EXIT_OK
+    except (ConfigError, ModelLoadError, RemoteAccessError, DeviceError, OutputRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None, EXIT_CONFIG
     except Exception as exc:  # the pipeline failed: committed shards stay, a re-run resumes after them
@@ -102,6 +121,11 @@ def report_run(outcome: Any, output: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with exit_on_interrupt(resume_hint(args.output)):
+        return _reinforce(args, beam_args)
+
+
+def _reinforce(args: Any, beam_args: list[str]) -> int:
     from beam_jobs.reinforce_job import run_job
 
     def start() -> Any:

@@ -18,7 +18,7 @@ from importlib import metadata
 from typing import Any
 
 from shards import storage
-from shards.reinforced import VIEW_SHA
+from shards.reinforced import V1_FAMILY, VIEW_SHA
 from shards.run_folder import CONFIG_FILE
 from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
 from transforms.fingerprint import FINGERPRINT_ALGORITHM
@@ -142,6 +142,23 @@ def _same_value(key: str, existing: Any, new: Any) -> bool:
         return augmenter_from_config({key: existing}) == augmenter_from_config({key: new})
     except (TypeError, ValueError, AttributeError):
         return False
+
+
+def configured_families(config: dict[str, Any]) -> tuple[str, ...] | None:
+    """The run's synthetic caption families (None when its config does not say): v1 `syn_text`; v2
+    `caption_families` (an extended run's) or the one `caption_family`."""
+    layout, family, families = (
+        config.get("layout"),
+        config.get("caption_family"),
+        config.get("caption_families"),
+    )
+    if layout == "v1":
+        return (V1_FAMILY,)
+    if layout == "v2" and isinstance(families, dict) and families:
+        return tuple(sorted(families))
+    if layout == "v2" and isinstance(family, str):
+        return (family,)
+    return None
 
 
 def image_augmentation(config: dict[str, Any] | None) -> dict[str, Any]:

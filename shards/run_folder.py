@@ -8,6 +8,10 @@ file exists: it is written last, so a resumed run redoes any shard whose stats f
 Stats hold wall-clock times per stage and so differ
 between runs; every other output file is byte-identical.
 
+img2dataset writes `NNNNN_stats.json` files too, so a stats file is ours by its content (`written_by`,
+or for runs from before that field, its known fields), and a job only writes into a folder that
+`check_run_output` found new, empty or ours: inside it, a listed stats file is a commit marker.
+
 Read by inspect, validate and the trainer through `open_run(PATH)`: a PATH is one shard, a glob of
 shards, or an output folder. Public DataCompDR shards have no run files, so every run file is
 optional when reading, and reading one never raises: a missing or unreadable file comes back as None
@@ -27,6 +31,7 @@ from typing import Any
 from shards import storage
 from shards.raw import SkippedSample
 from shards.teacher_slices import TeacherSlice, slices_from_config
+from shards.write_guard import OutputRefused, check_output_folder
 
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.jsonl"
@@ -40,6 +45,10 @@ REFETCH_SUFFIX = "_refetch.jsonl"
 REFETCH_FILE = "refetch.parquet"
 JOIN_INPUTS_FILE = "join_inputs.json"  # a join's record of its inputs (pipeline/join_inputs.py)
 _GLOB_CHARS = frozenset("*?[")
+# The stats files' `written_by`: this project wrote the file (img2dataset's stats have the same name).
+WRITTEN_BY = "datacompdr-reinforce"
+# The fields every config.json of ours has (reinforce, extend, join, score), whatever its version.
+_CONFIG_FIELDS = ("schema_version", "teachers")
 
 
 def shard_name(input_path: str) -> str:
@@ -130,10 +139,14 @@ class ShardStats:
             "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())},
             **({"device": self.device} if self.device else {}),
             **({"matched_by": dict(sorted(self.matched_by.items()))} if self.matched_by else {}),
+            "written_by": WRITTEN_BY,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardStats:
+        """A stats file read back; ValueError for one this project did not write (img2dataset's)."""
+        if not is_our_stats(data):
+            raise ValueError("not a stats file written by this project (img2dataset's own stats file?)")
         return cls(
             shard=str(data["shard"]),
             input_path=str(data.get("input", "")),
@@ -145,6 +158,47 @@ class ShardStats:
             seconds={str(k): float(v) for k, v in data.get("seconds", {}).items()},
             device=dict(data.get("device") or {}),
             matched_by={str(k): int(v) for k, v in (data.get("matched_by") or {}).items()},
+        )
+
+
+def is_our_stats(data: Any) -> bool:
+    """A stats file of ours: its `written_by`, or, written before that field, its known fields."""
+    if not isinstance(data, dict):
+        return False
+    if "written_by" in data:
+        return data["written_by"] == WRITTEN_BY
+    return (
+        isinstance(data.get("shard"), str)
+        and isinstance(data.get("num_written"), int)
+        and isinstance(data.get("skipped"), dict)
+        and isinstance(data.get("seconds"), dict)
+    )
+
+
+def is_run_config(data: Any) -> bool:
+    """A config.json of ours (reinforce, extend, join or score), by the fields they all have."""
+    return isinstance(data, dict) and all(field in data for field in _CONFIG_FIELDS)
+
+
+def check_run_output(output_dir: str, inputs: list[str]) -> None:
+    """Refuse, before a job writes anything, an output folder it must not fill: a file, the folder of
+    its inputs, a folder that holds anything but one of our runs, or one holding stats files that
+    are not ours (img2dataset's output). OutputRefused says which, in one line."""
+    check_output_folder(
+        output_dir,
+        "--output",
+        lambda folder: is_run_config(_read_json(storage.join(folder, CONFIG_FILE), [])),
+        "a run folder of ours (no config.json written by this project)",
+        inputs=inputs,
+    )
+    try:
+        first = storage.match(storage.join(output_dir, f"*{STATS_SUFFIX}"), limit=1)
+    except Exception:  # no such folder (yet)
+        first = []
+    if first and not is_our_stats(_read_json(first[0], [])):
+        raise OutputRefused(
+            f"--output {output_dir} holds {storage.basename(first[0])}, a stats file this project did not "
+            "write (img2dataset's output?); name a new or empty folder"
         )
 
 
@@ -258,7 +312,11 @@ def committed_stats(output_dir: str, shards: list[str]) -> dict[str, ShardStats]
 
 def _read_stats(output_dir: str, committed: list[str]) -> dict[str, ShardStats]:
     def load(shard: str) -> ShardStats:  # listed just now: read it without asking whether it exists
-        return ShardStats.from_dict(json.loads(storage.read_text(output_paths(output_dir, shard)["stats"])))
+        path = output_paths(output_dir, shard)["stats"]
+        try:
+            return ShardStats.from_dict(json.loads(storage.read_text(path)))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     # Many small reads from an object store: overlap their latency (more threads gain nothing on moto).
     with ThreadPoolExecutor(max_workers=16) as pool:

@@ -20,12 +20,7 @@ def find_input_shards(pattern: str, flag: str = "--input") -> list[str]:
     except Exception as exc:  # Beam raises BeamIOError for an unreachable bucket or a bad scheme
         raise ConfigError(f"cannot list {flag} {pattern!r}: {exc}") from exc
     if not paths:
-        hint = (
-            ""
-            if any(c in pattern for c in "*?[")
-            else f" (a folder? try {flag} '{pattern.rstrip('/')}/*.tar')"
-        )
-        raise ConfigError(f"no .tar shards match {flag} {pattern!r}{hint}")
+        raise ConfigError(f"no .tar shards match {flag} {pattern!r}{folder_hint(pattern, flag)}")
     names = Counter(shard_name(p) for p in paths)
     clashes = sorted(name for name, count in names.items() if count > 1)
     if clashes:
@@ -33,6 +28,13 @@ def find_input_shards(pattern: str, flag: str = "--input") -> list[str]:
             f"{flag} shards share a name across folders ({', '.join(clashes[:5])}): outputs would clash"
         )
     return paths
+
+
+def folder_hint(pattern: str, flag: str) -> str:
+    """What to say when a pattern without a wildcard matched no shard: it was probably a folder."""
+    if any(c in pattern for c in "*?["):
+        return ""
+    return f" (a folder? try {flag} '{pattern.rstrip('/')}/*.tar')"
 
 
 def pending_inputs(output_dir: str, inputs: list[str]) -> list[str]:

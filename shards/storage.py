@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import os
 import posixpath
 import threading
 import uuid
@@ -33,8 +35,11 @@ def use_filesystem_options(beam_args: list[str] | PipelineOptions) -> None:
     FileSystems.set_options(options)
 
 
-def match(pattern: str) -> list[str]:
-    """Paths matching a glob, sorted so that every runner sees the same order."""
+def match(pattern: str, limit: int | None = None) -> list[str]:
+    """Paths matching a glob, sorted so that every runner sees the same order (with `limit`, only
+    that many are listed: a look, not the whole folder)."""
+    if limit is not None:
+        return sorted(m.path for m in FileSystems.match([pattern], limits=[limit])[0].metadata_list)
     return sorted(match_updated(pattern))
 
 
@@ -124,8 +129,12 @@ def atomic_write(path: str) -> Iterator[BinaryIO]:
 
 
 def commit(tmp: str, path: str) -> None:
-    """Move a finished temporary file to its final name, replacing an older one."""
+    """Move a finished temporary file to its final name, replacing an older file (never a folder:
+    Beam would delete a whole local folder in its place)."""
     if FileSystems.exists(path):
+        if os.path.isdir(path):
+            FileSystems.delete([tmp])
+            raise IsADirectoryError(errno.EISDIR, "a folder is where the file would go", path)
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
 
@@ -243,7 +252,11 @@ def unusable_beam_args(beam_args: list[str]) -> list[str]:
         import apache_beam.runners.dask.dask_runner  # noqa: F401  (registers the --dask_* options)
     known = PipelineOptions(beam_args).get_all_options(display_warnings=False)
     retained = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True, display_warnings=False)
-    unknown = [f"--{name}" for name in sorted(set(retained) - set(known))]
+    names = {name.split("=", 1)[0] for name in set(retained) - set(known)}
+    # as typed (`--on-mismatches`), not as Beam stores the name (`on_mismatches`)
+    unknown = sorted(
+        {arg.split("=", 1)[0] for arg in beam_args if arg.startswith("--") and _option_name(arg) in names}
+    )
     stray = [
         arg
         for i, arg in enumerate(beam_args)
@@ -251,3 +264,7 @@ def unusable_beam_args(beam_args: list[str]) -> list[str]:
         and (i == 0 or not beam_args[i - 1].startswith("--") or "=" in beam_args[i - 1])
     ]
     return unknown + stray
+
+
+def _option_name(arg: str) -> str:
+    return arg[2:].split("=", 1)[0].replace("-", "_")

@@ -36,6 +36,7 @@ import webdataset as wds
 
 from shards import storage
 from shards.reinforced import ReinforcedSample, ShardFormatError, decode_sample, iter_members
+from shards.run_inputs import folder_hint
 from shards.teacher_slices import TeacherSlice, is_unit_norm, slice_norms
 from trainer.settings import DataSettings
 from transforms import ViewAugmenter, decode_image, decode_param_aug
@@ -114,7 +115,8 @@ def list_shards(patterns: Sequence[str]) -> list[str]:
             raise DataError(f"cannot list {pattern}: {type(error).__name__}: {error}") from error
         shards.update(p for p in found if p.endswith(".tar"))
     if not shards:
-        raise DataError(f"no .tar shards match {list(patterns)}")
+        hints = "".join(folder_hint(pattern, "--data") for pattern in patterns[:1])
+        raise DataError(f"no .tar shards match --data {' '.join(patterns)}{hints}")
     return sorted(shards)
 
 
@@ -504,6 +506,7 @@ def probe(
     """
     replayer = SampleReplayer(settings, image_size, tokenizer, seed=0)
     reasons: collections.Counter[str] = collections.Counter()
+    families: set[str] = set()  # what the data holds, for a --caption-families that matches none
     seen = 0
     for item in _raw_items(shards[:4]):
         if isinstance(item, Exception):
@@ -512,6 +515,7 @@ def probe(
         seen += 1
         try:
             sample = decode_sample(item)
+            families.update(sample.syn_captions)
             replayer.replay(sample, epoch=0)
         except Exception as error:
             reasons[skip_reason(error)] += 1
@@ -524,6 +528,11 @@ def probe(
         hint = (
             f" The teacher widths {list(settings.teacher_dims)} (from {settings.source}) do not match the "
             "stored embeddings; pass the right --teacher-dims or --config."
+        )
+    if "no_synthetic_captions" in reasons and families:
+        hint = (
+            f" The data's caption families are {', '.join(sorted(families))}: pick from them with "
+            "--caption-families."
         )
     if "unsupported_param_version" in reasons:
         hint += " The data's param_aug version is not one this trainer can replay."

@@ -24,12 +24,13 @@ import open_clip
 import torch
 
 from shards import storage
+from shards.interrupt import exit_on_interrupt
 from shards.reinforced import IMAGE_MEMBERS, iter_members
 from shards.storage import parse_known_beam_args
 from teachers.devices import DEVICE_HELP, DeviceError, parse_device, resolve_device
 from teachers.specs import LOCAL_DIR
 from trainer.checkpoint import CheckpointError, find_checkpoint
-from trainer.data import list_shards, skip_reason
+from trainer.data import DataError, list_shards, skip_reason
 from trainer.students import Student, StudentError, create_student
 from transforms import decode_image
 
@@ -241,7 +242,8 @@ def student_name(checkpoint: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Zero-shot classification and retrieval of a trained student."
+        prog="python -m trainer.evaluate",
+        description="Zero-shot classification and retrieval of a trained student.",
     )
     parser.add_argument(
         "--checkpoint",
@@ -259,13 +261,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     parser.add_argument("--device", type=parse_device, default="auto", help=DEVICE_HELP)
     args = parse_known_beam_args(parser, argv)  # also sets gs:// / s3:// endpoints and credentials
-    try:
-        device = resolve_device(args.device)
-        student = create_student(student_name(args.checkpoint), pretrained=args.pretrained)
-    except (CheckpointError, StudentError, DeviceError) as error:
-        parser.exit(2, f"error: {error}\n")
-    student.model.to(device)
-    print(json.dumps(evaluate_on(student, args.data, args.classnames, args.templates, args.limit)))
+    with exit_on_interrupt(lambda: "evaluate writes nothing; run it again to evaluate"):
+        try:
+            list_shards(args.data)  # the held-out data and side files first: a wrong path fails at once
+            for flag, path in (("--classnames", args.classnames), ("--templates", args.templates)):
+                if path and not storage.exists(path):
+                    raise DataError(f"{flag} {path}: no such file")
+            device = resolve_device(args.device)
+            student = create_student(student_name(args.checkpoint), pretrained=args.pretrained)
+            student.model.to(device)
+            result = evaluate_on(student, args.data, args.classnames, args.templates, args.limit)
+        except (CheckpointError, StudentError, DeviceError, DataError, ValueError) as error:
+            parser.exit(2, f"error: {error}\n")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

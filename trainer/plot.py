@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from shards import storage
+from shards.write_guard import EXIT_REFUSED, OutputRefused, check_output_file
 
 CURVES = ("total", "kd_original", "kd_synthetic", "clip_original", "clip_synthetic", "caption")
+SOFTWARE = "datacompdr-reinforce trainer.plot"  # the PNG's Software text: a picture of ours
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def read_log(path: str) -> list[dict[str, Any]]:
@@ -49,16 +52,29 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str, title: str = "") -
         losses.set_title(title)
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": SOFTWARE})
     plt.close(figure)
     storage.write_bytes_atomic(path, buffer.getvalue())
 
 
+def is_our_plot(start: bytes) -> bool:
+    """A loss picture of ours: its Software text, or (drawn before it) a PNG without any."""
+    return start.startswith(_PNG) and (SOFTWARE.encode() in start or b"Software" not in start)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Draw a training run's loss curves.")
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.plot", description="Draw a training run's loss curves."
+    )
     parser.add_argument("log", help="RUN/log.jsonl")
-    parser.add_argument("png", help="output picture")
+    parser.add_argument(
+        "png", help="output picture (a new file, or a loss picture of ours, which is replaced)"
+    )
     args = parser.parse_args(argv)
+    try:
+        check_output_file(args.png, "PNG", is_our_plot, "a loss picture drawn by this project")
+    except OutputRefused as error:
+        parser.exit(EXIT_REFUSED, f"error: {error}\n")
     plot_losses(read_log(args.log), args.png, title=args.log)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shards import storage
-from shards.run_config import fingerprints_checkable, image_augmentation
+from shards.run_config import configured_families, fingerprints_checkable, image_augmentation
 from shards.run_folder import CONFIG_FILE
 from shards.teacher_slices import TeacherSlice, slices_from_dims
 from transforms import SUPPORTED_PARAM_AUG_VERSIONS, ViewAugmenter
@@ -115,6 +115,13 @@ def resolve_data_settings(
         raise SettingsError(
             f"the data's param_aug version {version} is not one this trainer can replay "
             f"({sorted(SUPPORTED_PARAM_AUG_VERSIONS)}); upgrade datacompdr-reinforce"
+        )
+    available = configured_families(config) if config else None
+    unknown = sorted(set(caption_families or ()) - set(available or ()))
+    if available is not None and unknown:
+        raise SettingsError(
+            f"--caption-families {','.join(unknown)}: the data has no such family; it has "
+            f"{', '.join(available)} (or pass all)"
         )
     source = config_path or ("flags" if not config else "config")
     stack = config.get("image_stack")

@@ -27,9 +27,11 @@ from typing import Any
 import torch
 
 from shards import storage
+from shards.interrupt import exit_on_interrupt
 from shards.scores import read_columns
 from shards.storage import parse_known_beam_args
 from shards.teacher_slices import parse_teacher_dims
+from shards.write_guard import OutputRefused, check_output_folder
 from teachers.devices import (
     DEVICE_HELP,
     DeviceError,
@@ -111,7 +113,7 @@ RUN_KEYS = (
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Our flags; any others must be Beam filesystem options (`--s3_endpoint_url ...`, `--project ...`)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, nargs="+", help="reinforced (or, plain/coca: raw) shard patterns")
     p.add_argument(
         "--mode",
@@ -124,17 +126,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--model", required=True, help="tiny, an open_clip name (MobileCLIP2-S0, ...) or local-dir:"
     )
     p.add_argument("--pretrained", default=None, help="start from this pretrained tag (needs the hub)")
-    p.add_argument("--output", required=True, help="run folder; an existing one is resumed")
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument(
+        "--output",
+        required=True,
+        help="run folder (new, empty, or a run of ours, which is resumed); never a file",
+    )
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps of the whole run")
     p.add_argument(
         "--batch-size", type=int, required=True, help="per step (each loader worker fills whole batches)"
     )
-    p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="KD weight λ (contract §5)")
+    p.add_argument(
+        "--lambda", dest="lam", type=float, default=1.0, help="KD weight λ (contract §5); default %(default)s"
+    )
     p.add_argument(
         "--families",
         type=_families,
         default=FAMILIES,
-        help="caption families in the reinforced loss: original, synthetic or original,synthetic (default)",
+        help="which caption terms the reinforced loss has: original (the alt-text), synthetic (a caption "
+        "drawn from --caption-families) or original,synthetic (default)",
     )
     p.add_argument(
         "--crop-scale",
@@ -166,13 +175,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--caption-families",
         type=parse_caption_families,
         default=None,
-        help="synthetic caption families to draw from, e.g. syn_text_coca,syn_text_blip; default all, pooled",
+        help="where the synthetic term's captions come from: families such as syn_text_coca,syn_text_blip, "
+        "or all (default: every family the data has, pooled); needs synthetic in --families",
     )
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.2)
-    p.add_argument("--beta1", type=float, default=0.9)
-    p.add_argument("--beta2", type=float, default=0.95)
-    p.add_argument("--eps", type=float, default=1e-6)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=0.2, help="AdamW weight decay (default %(default)s)")
+    p.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1 (default %(default)s)")
+    p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2 (default %(default)s)")
+    p.add_argument("--eps", type=float, default=1e-6, help="AdamW epsilon (default %(default)s)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(1000, steps/10))")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
     p.add_argument(
@@ -182,13 +192,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="bf16: bf16 weights, fp32 master (fast on CPU); amp_bf16: bf16 autocast (for GPUs)",
     )
     p.add_argument("--device", type=parse_device, default="auto", help=DEVICE_HELP)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order (default 0)")
     p.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="loader processes (capped at #shards)"
     )
     p.add_argument("--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER, help="samples per worker")
-    p.add_argument("--checkpoint-every", type=int, default=1000)
-    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1000,
+        help="save RUN/checkpoints/step_N every N steps, and at the end (default %(default)s)",
+    )
+    p.add_argument(
+        "--keep-checkpoints", type=int, default=2, help="latest checkpoints kept (default %(default)s)"
+    )
     p.add_argument(
         "--log-every",
         type=int,
@@ -199,8 +216,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--eval-every", type=int, default=0, help="also evaluate every N steps (0: only at the end)"
     )
-    p.add_argument("--classnames", default=None)
-    p.add_argument("--templates", default=None)
+    p.add_argument(
+        "--classnames", default=None, help="eval: one class name per line (default: beside the data)"
+    )
+    p.add_argument("--templates", default=None, help="eval: prompt templates with {c} (default: CLIP's)")
     p.add_argument(
         "--threads",
         type=int,
@@ -219,6 +238,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             (args.warmup < 0, "--warmup must be >= 0"),
             (args.workers < 0, "--workers must be >= 0"),
             (args.checkpoint_every < 1, "--checkpoint-every must be at least 1"),
+            (
+                args.caption_families is not None and "synthetic" not in args.families,
+                "--caption-families picks the synthetic captions, but --families leaves them out",
+            ),
         )
         if bad
     ]
@@ -363,7 +386,8 @@ def _objective(
     probed = probe(shards, settings, student.tokenizer, student.image_size)
     described = (
         f"teachers {list(settings.teacher_dims)} at KD scales {list(settings.kd_logit_scales)} "
-        f"(from {settings.source}), families {list(args.families)}; first sample {probed['key']} has "
+        f"(from {settings.source}), loss terms {list(args.families)}, synthetic captions from "
+        f"{', '.join(settings.caption_families or ['every family'])}; first sample {probed['key']} has "
         f"{probed['num_views']} views"
     )
     return settings, reinforced_objective(settings.slices, args.lam, args.families), described
@@ -544,13 +568,50 @@ def summarize(
     return summary
 
 
+def is_training_run(folder: str) -> bool:
+    """A run folder of ours: its train_config.json has the fields trainer.train writes."""
+    try:
+        config = json.loads(storage.read_text(storage.join(folder, TRAIN_CONFIG_FILE)))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("run"), dict) and "argv" in config
+
+
+def _kept(output: str) -> str:
+    """What Ctrl-C leaves: the checkpoints saved so far, from which the same command resumes."""
+    steps = ckpt.completed_steps(output)
+    if not steps:
+        return f"no checkpoint was saved yet in {output}; run the same command again to start over"
+    return f"{output} keeps its checkpoint of step {steps[-1]}; run the same command again to resume from it"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        summary = train(args)
-    except (SettingsError, DataError, StudentError, ckpt.CheckpointError, DeviceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with exit_on_interrupt(lambda: _kept(args.output)):
+        try:
+            check_output_folder(
+                args.output, "--output", is_training_run, "a training run of ours (no train_config.json)"
+            )
+            summary = train(args)
+        except (
+            SettingsError,
+            DataError,
+            StudentError,
+            ckpt.CheckpointError,
+            DeviceError,
+            OutputRefused,
+        ) as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as error:  # a read-only or full disk, a folder without permission
+            print(f"error: cannot write --output {args.output}: {error.strerror or error}", file=sys.stderr)
+            raise SystemExit(2) from None
+    steps = ckpt.completed_steps(args.output)
+    print(
+        f"saved: {ckpt.step_dir(args.output, steps[-1]) if steps else 'no checkpoint'}, "
+        f"{storage.join(args.output, PLOT_FILE)} and {storage.join(args.output, LOG_FILE)}",
+        file=sys.stderr,
+    )
     print(json.dumps(summary))
 
 

@@ -68,3 +68,33 @@ def test_a_sample_without_a_chosen_family_is_unusable_and_the_flag_is_checked():
     assert parse_caption_families("syn_text_coca, syn_text_blip") == ("syn_text_coca", "syn_text_blip")
     with pytest.raises(argparse.ArgumentTypeError):
         parse_caption_families("coca")
+
+
+def test_a_family_the_data_lacks_is_refused_naming_those_it_has(tmp_path):
+    """From the run's config.json at once; from the first samples for shards that come without one."""
+    from shards.reinforced import write_shard
+    from trainer.data import DataError, probe
+    from trainer.settings import SettingsError
+
+    teachers = [{"dim": 8, "kd_logit_scale": 100.0}, {"dim": 12, "kd_logit_scale": 100.0}]
+    families = {"syn_text_coca": {}, "syn_text_blip": {}}
+    config = {"layout": "v2", "caption_families": families, "teachers": teachers}
+    refusal = "syn_text_nope: the data has no such family; it has syn_text_blip, syn_text_coca"
+    with pytest.raises(SettingsError, match=refusal):
+        resolve_data_settings(config, caption_families=("syn_text_nope",))
+    shard = tmp_path / "00000000.tar"
+    write_shard(str(shard), [_sample()], "v2", "fp32")
+    replayer, _ = _replayer(("syn_text_nope",))
+    with pytest.raises(DataError, match="caption families are syn_text_blip, syn_text_coca"):
+        probe([str(shard)], replayer.settings, lambda texts: torch.zeros(len(texts), 4, dtype=torch.long), 32)
+
+
+def test_caption_families_without_the_synthetic_term_is_a_usage_error(capsys):
+    from trainer.train import parse_args
+
+    argv = ["--data", "x/*.tar", "--model", "tiny", "--steps", "1", "--batch-size", "1", "--output", "r",
+            "--families", "original", "--caption-families", "syn_text_blip"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2
+    assert "--caption-families picks the synthetic captions" in capsys.readouterr().err

@@ -156,6 +156,7 @@ def test_misconfigured_extends_stop_before_any_work(runs, tmp_path, capsys):
         ],
         "needs --caption-tag": ["--add-captioner", captioner],
         "already holds syn_text_coca": ["--add-captioner", captioner, "--caption-tag", "coca"],
+        "already has teacher": ["--add-teacher", runs.models["clip-a"]],
     }  # fmt: skip
     for message, flags in cases.items():
         assert extend_main(runs.extend_args(source, tmp_path / "out", *flags)) == 2

@@ -42,3 +42,16 @@ def test_notebook_runs_headless_on_real_output(reinforced_run: Path, monkeypatch
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"path: {reinforced_run}" in text
     assert "teachers (config), D = 80:" in text
+
+
+@pytest.mark.slow
+def test_notebook_pointed_at_a_missing_path_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("INSPECT_SHARD", str(tmp_path / "nope"))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
+    with pytest.raises(CellExecutionError, match=r"no \.tar shard at"):
+        client.execute()

@@ -11,12 +11,14 @@ from shards.run_folder import ShardStats, summarize_run, write_shard_outcome
 
 def test_progress_line_follows_committed_shards(tmp_path):
     stream = io.StringIO()
-    with ShardProgress(str(tmp_path), ["00000000", "00000001"], interval=0.02, stream=stream):
+    shards = ["00000000", "00000001"]
+    with ShardProgress(str(tmp_path), shards, label="extending", interval=0.02, stream=stream):
         write_shard_outcome(str(tmp_path), ShardStats("00000000", "in/00000000.tar", 7, 5), [])
         deadline = time.monotonic() + 10
         while "5 samples" not in stream.getvalue() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert "1/2" in stream.getvalue() and "5 samples" in stream.getvalue()
+        assert stream.getvalue().lstrip("\r").startswith("extending:")  # the job's own word
     assert "2/2" not in stream.getvalue()  # the second shard never committed
 
 

@@ -295,7 +295,7 @@ def test_errors_a_rerun_cannot_fix_name_their_cause(tmp_path, sample_raw_dir, jo
     out.write_text("a file where the output folder should be")
     assert main(job.args(sample_raw_dir, out)) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert f"--output {out} is (or lies under) a file, not a folder" in err
+    assert f"--output {out} is a file, not a folder" in err
     assert "run the same command again" not in err
     read_only = OSError(errno.EROFS, "Read-only file system", str(out))
     wrapped = RuntimeError(f"step 'Reinforce' failed: OSError: {read_only}")

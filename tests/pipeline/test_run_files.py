@@ -225,6 +225,7 @@ def test_unknown_or_stray_arguments_are_refused():
     from shards.storage import unusable_beam_args
 
     assert unusable_beam_args(["--runner", "DirectRunner", "--direct_num_workers", "2"]) == []
-    assert unusable_beam_args(["raw/00000001.tar", "--num-view", "3"]) == ["--num_view", "raw/00000001.tar"]
+    typo = ["raw/00000001.tar", "--num-view", "3"]
+    assert unusable_beam_args(typo) == ["--num-view", "raw/00000001.tar"]  # as typed, not Beam's num_view
     dask = ["--runner", "DaskRunner", "--dask_client_address", "tcp://127.0.0.1:8786"]
     assert unusable_beam_args(dask) == []
