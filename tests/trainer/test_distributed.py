@@ -20,9 +20,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.trainer.test_train import _heldout
 from trainer.checkpoint import completed_steps, step_dir
 from trainer.data import Batch, ReinforcedStream, in_worker_order, list_shards, make_loader
-from trainer.distributed import init_world, shard_share
+from trainer.distributed import (
+    DistributedError,
+    World,
+    init_world,
+    loader_workers,
+    shard_share,
+    unpack_position,
+)
 from trainer.objectives import plain_objective, reinforced_objective
 from trainer.optim import build_optimizer
 from trainer.precision import TrainingWeights
@@ -196,6 +204,21 @@ def test_over_one_epoch_every_sample_is_read_once_across_ranks(
     assert sorted(p for share in shares for p in share) == paths and all(shares)
 
 
+def test_a_resume_with_another_world_size_is_refused_with_the_size_to_use(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    two_ranks = {"world_size": 2, "ranks": [{"workers": 0}, {"workers": 0}]}
+    assert unpack_position(two_ranks, World(rank=1, size=2)) == {"workers": 0}
+    with pytest.raises(DistributedError, match=r"trained by 2 processes .* resume with 2"):
+        unpack_position(two_ranks, World())
+    with pytest.raises(DistributedError, match="trained by 1 process and this resume has 2"):
+        unpack_position({"workers": 0}, World(rank=0, size=2))
+    with pytest.raises(DistributedError, match="3 shards cannot feed 4 processes"):
+        loader_workers(2, 3, World(rank=0, size=4))
+    assert loader_workers(2, 3, World(rank=0, size=2)) == 1
+    assert "3 shards < 2 process(es) x 2 loader workers" in capsys.readouterr().err
+
+
 # -- the command under torchrun ---------------------------------------------------------------------
 
 FLAGS = ["--teacher-dims", "8,12", "--kd-logit-scales", "100,50", "--threads", "1", "--device", "cpu"]
@@ -236,11 +259,13 @@ def test_a_killed_rank_is_named_by_the_other_and_a_restart_resumes(
     make_shards: Callable[..., Any], tmp_path: Path
 ) -> None:
     folder, _ = make_shards(shards=2, per_shard=8)
+    heldout = _heldout(tmp_path / "heldout")
     run, err = tmp_path / "run", tmp_path / "stderr.txt"
     launcher = ["--nproc_per_node", "2", "--max-restarts", "1"]
     launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     trainer = ["--data", str(folder / "*.tar"), "--model", "tiny", "--steps", "30", "--batch-size", "2"]
     trainer += ["--workers", "0", "--checkpoint-every", "4", "--output", str(run), *FLAGS]
+    trainer += ["--eval-data", str(heldout / "*.tar"), "--eval-every", "10"]  # rank 0 evaluates
     proc = torchrun(launcher, trainer, err)
     try:
         first = Path(step_dir(str(run), 4)) / "state.json"
@@ -256,6 +281,7 @@ def test_a_killed_rank_is_named_by_the_other_and_a_restart_resumes(
     assert re.search(r"resuming .* from step (4|8|12|16|20|24|28)", text), text[-3000:]
     summary = json.loads(out.splitlines()[-1])
     assert summary["world_size"] == 2 and summary["global_batch"] == 4
+    assert summary["eval"]["step"] == 30 and summary["eval"]["num_images"] == 12
     assert completed_steps(str(run))[-1] == 30
     log = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert log == list(range(30))  # the steps after the checkpoint were redone, once
