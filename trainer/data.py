@@ -1,10 +1,11 @@
 """Training batches from reinforced shards: stream, shuffle, replay a stored view, pair the targets.
 
 Each loader worker (of each rank, under torchrun) owns a fixed share of the shards and streams them
-endlessly, one epoch after another: tar members (read through Beam FileSystems, so local, gs:// and s3:// alike) go through a
-webdataset shuffle buffer as raw bytes, and only what leaves the buffer is decoded. Per sample, the
-view, the synthetic caption and thus the teacher targets are drawn from a generator seeded by
-(run seed, epoch, uid): the choice does not depend on worker count or buffer order.
+endlessly, one epoch after another: tar members (read through Beam FileSystems, so local, gs://
+and s3:// alike) go through a webdataset shuffle buffer as raw bytes, and only what leaves the
+buffer is decoded. Per sample, the view, the synthetic caption and thus the teacher targets are
+drawn from a generator seeded by (run seed, epoch, uid): the choice does not depend on worker count
+or buffer order.
 
 Every batch carries its worker's position (epoch, items taken from the shuffle buffer), so a
 checkpoint knows exactly where each worker stood; a resumed run skips that many raw items per worker

@@ -209,7 +209,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="loader processes (capped at #shards)"
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help="loader processes per training process (capped so that each has shards of its own)",
     )
     p.add_argument("--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER, help="samples per worker")
     p.add_argument("--checkpoint-every", type=int, default=1000)

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from tests.trainer.test_train import _heldout
 from trainer.checkpoint import completed_steps, step_dir
-from trainer.data import Batch, ReinforcedStream, in_worker_order, list_shards, make_loader
+from trainer.data import Batch, DataCursor, ReinforcedStream, in_worker_order, list_shards, make_loader
 from trainer.distributed import (
     DistributedError,
     World,
@@ -202,6 +202,36 @@ def test_over_one_epoch_every_sample_is_read_once_across_ranks(
     assert sorted(seen) == sorted(s.key for s in samples)
     shares = [shard_share(paths, r, 2, w, max(1, workers)) for r in range(2) for w in range(max(1, workers))]
     assert sorted(p for share in shares for p in share) == paths and all(shares)
+
+
+def test_each_rank_resumes_its_own_stream_exactly(make_shards: Callable[..., Any]) -> None:
+    folder, _ = make_shards(shards=4, per_shard=3)
+    paths = list_shards([str(folder / "*.tar")])
+    student = create_student("tiny", seed=0)
+
+    def batches(cursor: DataCursor, count: int) -> list[Batch]:
+        stream = ReinforcedStream(
+            paths,
+            SETTINGS,
+            image_size=student.image_size,
+            tokenizer=student.tokenizer,
+            batch_size=2,
+            shuffle_buffer=4,
+            start=cursor.positions,
+            skipped=cursor.skipped,
+            rank=1,
+            world_size=2,
+        )
+        loader = in_worker_order(iter(make_loader(stream, 0)), 0, cursor.next_worker)
+        return [next(loader) for _ in range(count)]
+
+    whole = batches(DataCursor.fresh(0), 6)  # past the end of rank 1's first epoch (6 samples)
+    cursor = DataCursor.fresh(0)
+    for batch in whole[:4]:
+        cursor.advance(batch)
+    resumed = batches(DataCursor.from_json(json.loads(json.dumps(cursor.to_json()))), 2)
+    assert [b.keys for b in resumed] == [b.keys for b in whole[4:]]
+    assert all(torch.equal(a.images, b.images) for a, b in zip(resumed, whole[4:], strict=True))
 
 
 def test_a_resume_with_another_world_size_is_refused_with_the_size_to_use(
