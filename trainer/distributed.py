@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 60.0  # seconds a step's collective may wait for a peer
@@ -63,9 +62,9 @@ class World:
     ) -> None:
         self.rank, self.size, self.local_rank, self.local_size = rank, size, local_rank, local_size
         self.device = device or torch.device("cpu")  # where the step's tensors (and NCCL's) live
-        self._control: Any = None
-        self._store: Any = None
+        self._control: Any = None  # the gloo group for waits on rank 0 (long timeout)
         self._beating = threading.Event()
+        self._heart: threading.Thread | None = None
 
     @property
     def is_main(self) -> bool:
@@ -91,11 +90,11 @@ class World:
             return
         grads = [p.grad for p in parameters if p.grad is not None]
         for bucket in _buckets(grads):
-            flat = _flatten_dense_tensors(bucket)
+            flat = torch.cat([grad.reshape(-1) for grad in bucket])
             dist.all_reduce(flat)
             flat /= self.size
-            for grad, averaged in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
-                grad.copy_(averaged)
+            for grad, averaged in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+                grad.copy_(averaged.view_as(grad))
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sums over ranks of a few numbers (skip counts, samples)."""
@@ -193,6 +192,8 @@ class World:
 
     def close(self) -> None:
         self._beating.clear()
+        if self._heart is not None:  # its store client must not outlive the interpreter's C++ teardown
+            self._heart.join(timeout=10 * HEARTBEAT_SECONDS)
         if self.distributed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             if dist.is_initialized():
@@ -230,7 +231,8 @@ def init_world(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> World:
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         ) from error
     world._beating.set()
-    threading.Thread(target=world._heartbeat, name="trainer-heartbeat", daemon=True).start()
+    world._heart = threading.Thread(target=world._heartbeat, name="trainer-heartbeat", daemon=True)
+    world._heart.start()
     signal.signal(signal.SIGTERM, _raise_stopped)
     return world
 
