@@ -21,6 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.trainer.test_train import _heldout
+from trainer import train
 from trainer.checkpoint import completed_steps, step_dir
 from trainer.data import Batch, DataCursor, ReinforcedStream, in_worker_order, list_shards, make_loader
 from trainer.distributed import (
@@ -41,6 +42,7 @@ from trainer.students import create_student
 
 SETTINGS = resolve_data_settings(None, teacher_dims=(8, 12), kd_logit_scales=(100.0, 50.0))
 BATCH, STEPS = 8, 3
+FLAGS = ["--teacher-dims", "8,12", "--kd-logit-scales", "100,50", "--threads", "1", "--device", "cpu"]
 # Two processes (or micro-batches) sum the same products in another order: float32 rounding, which
 # AdamW's normalised update can lift to a small fraction of the learning rate (1e-3) on parameters
 # whose gradient is only rounding noise (attention key biases).
@@ -234,6 +236,20 @@ def test_each_rank_resumes_its_own_stream_exactly(make_shards: Callable[..., Any
     assert all(torch.equal(a.images, b.images) for a, b in zip(resumed, whole[4:], strict=True))
 
 
+def test_the_command_steps_on_k_micro_batches_and_reports_the_global_batch(
+    make_shards: Callable[..., Any], tmp_path: Path
+) -> None:
+    folder, _ = make_shards(shards=1, per_shard=8)
+    run = tmp_path / "run"
+    argv = ["--data", str(folder / "*.tar"), "--model", "tiny", "--steps", "2", "--batch-size", "3"]
+    summary = train.train(
+        train.parse_args([*argv, "--accum-steps", "2", "--workers", "0", "--output", str(run), *FLAGS])
+    )
+    assert summary is not None and summary["world_size"] == 1 and summary["global_batch"] == 6
+    state = json.loads((Path(step_dir(str(run), 2)) / "state.json").read_text())
+    assert state["data"]["batches"] == 4 and state["run"]["accum_steps"] == 2
+
+
 def test_a_resume_with_another_world_size_is_refused_with_the_size_to_use(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -250,8 +266,6 @@ def test_a_resume_with_another_world_size_is_refused_with_the_size_to_use(
 
 
 # -- the command under torchrun ---------------------------------------------------------------------
-
-FLAGS = ["--teacher-dims", "8,12", "--kd-logit-scales", "100,50", "--threads", "1", "--device", "cpu"]
 
 
 def torchrun(launcher: list[str], trainer: list[str], stderr: Path) -> subprocess.Popen:
