@@ -1,10 +1,11 @@
 """Training batches from reinforced shards: stream, shuffle, replay a stored view, pair the targets.
 
-Each loader worker owns a fixed share of the shards and streams them endlessly, one epoch after
-another: tar members (read through Beam FileSystems, so local, gs:// and s3:// alike) go through a
-webdataset shuffle buffer as raw bytes, and only what leaves the buffer is decoded. Per sample, the
-view, the synthetic caption and thus the teacher targets are drawn from a generator seeded by
-(run seed, epoch, uid): the choice does not depend on worker count or buffer order.
+Each loader worker (of each rank, under torchrun) owns a fixed share of the shards and streams them
+endlessly, one epoch after another: tar members (read through Beam FileSystems, so local, gs://
+and s3:// alike) go through a webdataset shuffle buffer as raw bytes, and only what leaves the
+buffer is decoded. Per sample, the view, the synthetic caption and thus the teacher targets are
+drawn from a generator seeded by (run seed, epoch, uid): the choice does not depend on worker count
+or buffer order.
 
 Every batch carries its worker's position (epoch, items taken from the shuffle buffer), so a
 checkpoint knows exactly where each worker stood; a resumed run skips that many raw items per worker
@@ -38,6 +39,7 @@ from shards import storage
 from shards.reinforced import ReinforcedSample, ShardFormatError, decode_sample, iter_members
 from shards.run_inputs import folder_hint
 from shards.teacher_slices import TeacherSlice, is_unit_norm, slice_norms
+from trainer.distributed import shard_share
 from trainer.settings import DataSettings
 from transforms import ViewAugmenter, decode_image, decode_param_aug
 from transforms.fingerprint import view_fingerprint
@@ -202,7 +204,8 @@ def skip_reason(error: Exception) -> str:
 
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """A stream of batches, endless by default; each worker streams its own shards (shards[w::W]).
+    """A stream of batches, endless by default; each worker of each rank streams its own shards
+    (`trainer.distributed.shard_share`: shards[w::W] in a one-process run).
 
     Subclasses say how a shard is read (`read_items`), how one item becomes a training sample
     (`make_replayer`) and how samples become a batch (`collate`); shuffling, epochs, positions and
@@ -220,6 +223,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         skipped: Sequence[dict[str, int]] | None = None,
         epochs: int | None = None,
         keep_uids: frozenset[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -232,6 +237,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.skipped = list(skipped) if skipped else None
         self.epochs = epochs  # None: endless, as training wants; else the last batch may be short
         self.keep_uids = keep_uids  # train only on these samples (`--keep-uids`); None: all
+        self.rank, self.world_size = rank, world_size  # this process's share of the shards
 
     def make_replayer(self) -> Callable[[Any, int], Any]:
         """A callable (item, epoch) -> training sample, built once per worker; raises to skip."""
@@ -260,7 +266,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         position = dataclasses.replace(self.start[worker]) if self.start else WorkerPosition()
         skipped = collections.Counter(self.skipped[worker] if self.skipped else {})
         replayer = self.make_replayer()
-        samples = self._samples(self.shards[worker::workers], worker, position, skipped, replayer)
+        shards = shard_share(self.shards, self.rank, self.world_size, worker, workers)
+        stream_index = self.rank * workers + worker  # seeds this worker's order, unique in the world
+        samples = self._samples(shards, worker, stream_index, position, skipped, replayer)
         while True:
             began = time.perf_counter()
             chunk = list(itertools.islice(samples, self.batch_size))
@@ -274,6 +282,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self,
         shards: list[str],
         worker: int,
+        stream_index: int,
         start: WorkerPosition,
         skipped: collections.Counter[str],
         replayer: Callable[[Any, int], Any],
@@ -283,7 +292,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         epoch, resume_offset = start.epoch, start.offset
         while self.epochs is None or epoch < self.epochs:
             produced = 0
-            for offset, item in enumerate(self._shuffled(shards, worker, epoch), start=1):
+            for offset, item in enumerate(self._shuffled(shards, stream_index, epoch), start=1):
                 if offset <= resume_offset:
                     continue
                 if isinstance(item, Exception):
@@ -303,10 +312,10 @@ class ShardStream(torch.utils.data.IterableDataset):
                 )
             epoch, resume_offset = epoch + 1, 0
 
-    def _shuffled(self, shards: list[str], worker: int, epoch: int) -> Iterator[Any]:
+    def _shuffled(self, shards: list[str], stream_index: int, epoch: int) -> Iterator[Any]:
         order = list(shards)
-        random.Random(derive_seed(_SHARD_ORDER_DOMAIN, self.seed, epoch, worker)).shuffle(order)
-        rng = random.Random(derive_seed(_SHUFFLE_DOMAIN, self.seed, epoch, worker))
+        random.Random(derive_seed(_SHARD_ORDER_DOMAIN, self.seed, epoch, stream_index)).shuffle(order)
+        rng = random.Random(derive_seed(_SHUFFLE_DOMAIN, self.seed, epoch, stream_index))
         initial = min(self.shuffle_buffer, 100)
         items = self.read_items(order)
         if self.keep_uids is not None:  # before the shuffle: positions count only the samples kept
@@ -340,6 +349,8 @@ class ReinforcedStream(ShardStream):
         skipped: Sequence[dict[str, int]] | None = None,
         epochs: int | None = None,
         keep_uids: frozenset[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__(
             shards,
@@ -350,6 +361,8 @@ class ReinforcedStream(ShardStream):
             skipped=skipped,
             epochs=epochs,
             keep_uids=keep_uids,
+            rank=rank,
+            world_size=world_size,
         )
         self.settings = settings
         self.image_size = image_size
@@ -489,11 +502,6 @@ def in_worker_order(batches: Iterator[Any], workers: int, first_worker: int = 0)
         while waiting[expected]:
             yield waiting[expected].popleft()
             expected = (expected + 1) % count
-
-
-def effective_workers(requested: int, num_shards: int) -> int:
-    """Each worker needs at least one shard of its own."""
-    return max(0, min(requested, num_shards))
 
 
 def probe(

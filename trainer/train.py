@@ -11,11 +11,16 @@ Running the same command again on the same RUN folder resumes from its last chec
 the same run: same weights, optimizer state, schedule and data position, so the result equals an
 uninterrupted run's. RUN gets `log.jsonl` (one record per step), `loss.png`, `train_config.json`,
 `checkpoints/step_N/` (an open_clip `local-dir:` folder plus optimizer state) and `eval.jsonl`.
+
+Under `torchrun --nproc_per_node N -m trainer.train ...` the same command trains data-parallel
+(`trainer.distributed`): `--batch-size` is per process, the loss is taken over the global batch of
+processes x `--accum-steps` x batch size (`trainer.step`), and rank 0 writes RUN.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -49,11 +54,20 @@ from trainer.data import (
     DataError,
     ReinforcedStream,
     ShardStream,
-    effective_workers,
     in_worker_order,
     list_shards,
     make_loader,
     probe,
+)
+from trainer.distributed import (
+    DEFAULT_TIMEOUT,
+    DistributedError,
+    World,
+    init_world,
+    loader_workers,
+    local_rank,
+    pack_positions,
+    unpack_position,
 )
 from trainer.evaluate import evaluate_on
 from trainer.loss import FAMILIES
@@ -67,7 +81,7 @@ from trainer.objectives import (
     plain_objective,
     reinforced_objective,
 )
-from trainer.optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
+from trainer.optim import build_optimizer, learning_rate, set_learning_rate
 from trainer.plot import CURVES, plot_losses, read_log, write_log
 from trainer.precision import PRECISIONS, TrainingWeights
 from trainer.raw_data import DEFAULT_CROP_SCALE, PairBatch, RawPairStream
@@ -79,6 +93,7 @@ from trainer.settings import (
     resolve_data_settings,
     sibling_config,
 )
+from trainer.step import train_step
 from trainer.students import Student, StudentError, create_student
 from transforms.fingerprint import image_stack
 
@@ -96,6 +111,8 @@ RUN_KEYS = (
     "pretrained",
     "steps",
     "batch_size",
+    "accum_steps",
+    "world_size",
     "lam",
     "lr",
     "weight_decay",
@@ -109,6 +126,8 @@ RUN_KEYS = (
     "shuffle_buffer",
     "keep_uids",
 )
+# What a run from before these settings existed had (its checkpoints resume as such).
+RUN_KEY_DEFAULTS = {"accum_steps": 1, "world_size": 1}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -133,7 +152,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--steps", type=int, required=True, help="optimizer steps of the whole run")
     p.add_argument(
-        "--batch-size", type=int, required=True, help="per step (each loader worker fills whole batches)"
+        "--batch-size",
+        type=int,
+        required=True,
+        help="per process and micro-batch (each loader worker fills whole batches)",
+    )
+    p.add_argument(
+        "--accum-steps",
+        type=int,
+        default=1,
+        help="micro-batches per step, exact to a K-times larger batch (global batch: processes x K x B)",
     )
     p.add_argument(
         "--lambda", dest="lam", type=float, default=1.0, help="KD weight λ (contract §5); default %(default)s"
@@ -192,9 +220,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="bf16: bf16 weights, fp32 master (fast on CPU); amp_bf16: bf16 autocast (for GPUs)",
     )
     p.add_argument("--device", type=parse_device, default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="torchrun: seconds a step waits for the others before the run stops (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order (default 0)")
     p.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="loader processes (capped at #shards)"
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help="loader processes per training process (capped so that each has shards of its own)",
     )
     p.add_argument("--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER, help="samples per worker")
     p.add_argument(
@@ -234,6 +271,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         for bad, msg in (
             (args.steps < 1, "--steps must be at least 1"),
             (args.batch_size < 1, "--batch-size must be at least 1"),
+            (args.accum_steps < 1, "--accum-steps must be at least 1"),
+            (args.dist_timeout <= 0, "--dist-timeout must be positive"),
             (not 0.0 <= args.lam <= 1.0, "--lambda must be in [0, 1]"),
             (args.warmup < 0, "--warmup must be >= 0"),
             (args.workers < 0, "--workers must be >= 0"),
@@ -269,43 +308,24 @@ def _crop_scale(text: str) -> tuple[float, float]:
 
 
 def run_identity(
-    args: argparse.Namespace, shards: list[str], settings: DataSettings | None
+    args: argparse.Namespace, shards: list[str], settings: DataSettings | None, world_size: int = 1
 ) -> dict[str, Any]:
-    identity = {key: getattr(args, key) for key in RUN_KEYS}
+    identity = {key: getattr(args, key) for key in RUN_KEYS if key != "world_size"}
+    identity["world_size"] = world_size
     identity["shards"] = shards
     described = settings.describe() if settings else {}
     identity["data_settings"] = {k: v for k, v in described.items() if k != "source"}
     return json.loads(json.dumps(identity))
 
 
-def step_threads(workers: int) -> int:
-    """Threads for the training step: the cores the loader workers leave free, at least one.
+def step_threads(workers: int, processes: int = 1) -> int:
+    """Threads for the training step: this process's share of the cores, less its loader workers,
+    at least one (`processes`: training processes on this machine).
 
     On a busy CPU, more torch threads than free cores make every step wait on the slowest thread
     (on 2 shared cores, MobileCLIP2-S0 ran 2-4x slower with 2 threads than with 1; see bench.trainer).
     """
-    return max(1, (os.cpu_count() or 1) - workers)
-
-
-def train_step(
-    student: Student,
-    weights: TrainingWeights,
-    optimizer: torch.optim.Optimizer,
-    batch: Batch | PairBatch,
-    objective: Objective,
-    grad_clip: float,
-) -> tuple[dict[str, float], float]:
-    """One optimizer step on one batch; returns the loss terms and the gradient norm before clipping."""
-    terms = objective(student, batch)
-    optimizer.zero_grad(set_to_none=True)
-    terms["total"].backward()
-    weights.gradients_to_master()
-    max_norm = grad_clip if grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(weights.parameters_with_grad(), max_norm))
-    optimizer.step()
-    clamp_logit_scale(dict(weights.named_parameters())["logit_scale"])
-    weights.master_to_model()
-    return {name: float(value.detach()) for name, value in terms.items()}, grad_norm
+    return max(1, (os.cpu_count() or 1) // processes - workers)
 
 
 def on_device(batch: Batch | PairBatch, device: torch.device) -> Batch | PairBatch:
@@ -335,35 +355,49 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     identity: dict[str, Any],
     workers: int,
+    world: World,
 ) -> tuple[int, DataCursor]:
     steps = ckpt.completed_steps(args.output)
+    seen = world.gather_objects(steps[-1] if steps else 0)
+    if len(set(seen)) > 1:
+        raise DistributedError(
+            f"the processes see different last checkpoints in {args.output} (steps {seen} by rank): "
+            "--output must be storage every machine shares (a network filesystem, gs://, s3://)"
+        )
     if not steps:
         return 0, DataCursor.fresh(workers)
     folder = ckpt.step_dir(args.output, steps[-1])
     state, saved = ckpt.load_checkpoint(folder, optimizer)
     weights.load_state_dict(saved)
-    differing = sorted(k for k in set(identity) | set(state.run) if identity.get(k) != state.run.get(k))
+    run = {**RUN_KEY_DEFAULTS, **state.run}
+    data_position = unpack_position(state.data, world)  # another world size: refused, by name
+    differing = sorted(k for k in set(identity) | set(run) if identity.get(k) != run.get(k))
     if differing:
         raise ckpt.CheckpointError(
             f"{args.output} holds a run with different {', '.join(differing)}; "
             "resume with the same settings or pick a new --output"
         )
-    cursor = DataCursor.from_json(state.data)
+    cursor = DataCursor.from_json(data_position)
     if cursor.workers != workers:
         raise ckpt.CheckpointError(
             f"the run used {cursor.workers} loader workers and this resume {workers}; the data position is "
             f"per worker, so resume with --workers {cursor.workers}"
         )
-    print(f"resuming {args.output} from step {state.step}", file=sys.stderr)
+    world.log(f"resuming {args.output} from step {state.step}")
     return state.step, cursor
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or resume) the run described by `args`; returns the summary printed as the last line."""
+def train(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train (or resume) the run described by `args`; returns the summary printed as the last line
+    (on rank 0; the other ranks of a torchrun world return None)."""
     threads = torch.get_num_threads()
+    device = resolve_device(args.device, worker_index=local_rank())  # an unusable GPU fails at once
+    world = init_world(device, args.dist_timeout)
     try:
-        return _train(args)
+        with world.watch():
+            return _train(args, device, world)
     finally:
+        world.close()
         torch.set_num_threads(threads)  # the step's thread count is this run's choice, not the caller's
 
 
@@ -399,8 +433,11 @@ def _stream(
     student: Student,
     settings: DataSettings | None,
     cursor: DataCursor,
+    world: World,
 ) -> ShardStream:
     common: dict[str, Any] = {
+        "rank": world.rank,
+        "world_size": world.size,
         "image_size": student.image_size,
         "tokenizer": student.tokenizer,
         "batch_size": args.batch_size,
@@ -426,37 +463,39 @@ def _keep_uids(path: str | None) -> frozenset[str] | None:
         raise DataError(f"--keep-uids {path}: {error}") from error
 
 
-def _train(args: argparse.Namespace) -> dict[str, Any]:
-    device = resolve_device(args.device)  # before any work: an unusable GPU fails the run at once
+def _train(args: argparse.Namespace, device: torch.device, world: World) -> dict[str, Any] | None:
     shards = list_shards(args.data)
     student = create_student(args.model, pretrained=args.pretrained, seed=args.seed)
     student.model.to(device)  # before TrainingWeights, which keeps its fp32 master copy beside the model
+    world.broadcast_module(student.model)
     weights = TrainingWeights(student.model, args.precision)
     student.autocast_bf16 = args.precision == "amp_bf16"
-    workers = effective_workers(args.workers, len(shards))
+    workers = loader_workers(args.workers, len(shards), world)
     settings, objective, described = _objective(args, shards, student)
-    torch.set_num_threads(args.threads or step_threads(workers))
+    torch.set_num_threads(args.threads or step_threads(workers, world.local_size))
     betas = (args.beta1, args.beta2)
     optimizer = build_optimizer(weights.named_parameters(), args.lr, args.weight_decay, betas, args.eps)
-    identity = run_identity(args, shards, settings)
-    start, cursor = _resume(args, weights, optimizer, identity, workers)
+    identity = run_identity(args, shards, settings, world.size)
+    start, cursor = _resume(args, weights, optimizer, identity, workers, world)
     if start == 0:
-        _write_train_config(args.output, identity, args, settings.source if settings else None, device)
+        source = settings.source if settings else None
+        world.main_only(_write_train_config, args.output, identity, args, source, device)
     log_path, eval_path = storage.join(args.output, LOG_FILE), storage.join(args.output, EVAL_FILE)
     records = [r for r in read_log(log_path) if r["step"] < start]  # steps after the checkpoint are redone
     evals = [r for r in read_log(eval_path) if r["step"] <= start]
-    print(
+    global_batch = world.size * args.accum_steps * args.batch_size
+    world.log(
         f"training {args.model} ({student.image_size}px, {args.mode}) on {len(shards)} shards with "
-        f"{workers} workers; {described}",
-        file=sys.stderr,
+        f"{workers} workers per process; world_size {world.size}, global_batch {global_batch} "
+        f"({world.size} processes x {args.accum_steps} micro-batches x {args.batch_size}); {described}"
     )
-    stream = _stream(args, shards, student, settings, cursor)
+    stream = _stream(args, shards, student, settings, cursor, world)
     loader = in_worker_order(iter(make_loader(stream, workers)), workers, cursor.next_worker)
     replay = ReplayCheck(settings) if settings is not None else None  # raw pairs have nothing to check
     student.model.train()
 
-    def save(step: int) -> None:
-        state = ckpt.TrainingState(step=step, run=identity, data=cursor.to_json())
+    def save(step: int, positions: list[dict[str, Any]]) -> None:
+        state = ckpt.TrainingState(step=step, run=identity, data=pack_positions(positions))
         fp32 = weights.state_dict()
         ckpt.save_checkpoint(args.output, student, fp32, optimizer, state, keep=args.keep_checkpoints)
         write_log(log_path, records)
@@ -471,14 +510,20 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for step in range(start, args.steps):
             began = time.perf_counter()
-            batch = on_device(next(loader), device)
+            micro_batches = [on_device(next(loader), device) for _ in range(args.accum_steps)]
             waited = time.perf_counter() - began
             lr = learning_rate(step, args.lr, args.warmup, args.steps)
             set_learning_rate(optimizer, lr)
-            terms, grad_norm = train_step(student, weights, optimizer, batch, objective, args.grad_clip)
-            cursor.advance(batch)
-            if replay is not None:
-                replay.update(batch)
+            terms, grad_norm = train_step(
+                student, weights, optimizer, micro_batches, objective, args.grad_clip, world
+            )
+            for batch in micro_batches:
+                cursor.advance(batch)
+                if replay is not None:
+                    replay.update(batch)
+            samples, skipped = world.sum(
+                [sum(len(b) for b in micro_batches), sum(cursor.total_skipped().values())]
+            )
             seconds = time.perf_counter() - began
             records.append(
                 {
@@ -487,31 +532,45 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
                     "logit_scale": float(student.model.logit_scale.detach().float().exp()),
                     "lr": lr,
                     "grad_norm": grad_norm,
-                    "samples_per_s": len(batch) / seconds,
+                    "samples_per_s": samples / seconds,
                     "step_seconds": seconds,
                     "data_wait_seconds": waited,
-                    "replay_seconds": batch.produce_seconds,
-                    "skipped": sum(cursor.total_skipped().values()),
+                    "replay_seconds": sum(b.produce_seconds for b in micro_batches),
+                    "skipped": int(skipped),
                 }
             )
             done = step + 1
             if done % args.log_every == 0 or done == args.steps:
                 r = records[-1]
                 losses = " ".join(f"{name} {terms[name]:.4f}" for name in terms)
-                print(
+                world.log(
                     f"step {done}/{args.steps} {losses} scale {r['logit_scale']:.2f} lr {lr:.2e} "
-                    f"{r['samples_per_s']:.1f} samples/s",
-                    file=sys.stderr,
+                    f"{r['samples_per_s']:.1f} samples/s"
                 )
             if done % args.checkpoint_every == 0 or done == args.steps:
-                save(done)
+                world.main_only(save, done, world.gather_objects(cursor.to_json()))
             if args.eval_data and args.eval_every and done % args.eval_every == 0 and done != args.steps:
-                run_eval(done)
+                world.main_only(run_eval, done)
     finally:
         loader.close()  # releases the DataLoader iterator, which stops the loader workers
     if args.eval_data and (not evals or evals[-1]["step"] != args.steps):
-        run_eval(args.steps)
-    return summarize(records, cursor, evals, replay.totals() if replay is not None else None)
+        world.main_only(run_eval, args.steps)
+    skipped_by_rank = world.gather_objects(cursor.total_skipped())
+    replays = world.gather_objects(replay.totals() if replay is not None else None)
+    if not world.is_main:
+        return None
+    summary = summarize(records, _sum_counts(skipped_by_rank), evals, _sum_counts(replays))
+    return {"world_size": world.size, "global_batch": global_batch, **summary}
+
+
+def _sum_counts(per_rank: list[dict[str, int] | None]) -> dict[str, int] | None:
+    """Counts summed over ranks (None when no rank counts)."""
+    if per_rank[0] is None:
+        return None
+    total: collections.Counter[str] = collections.Counter()
+    for counts in per_rank:
+        total.update(counts or {})
+    return dict(sorted(total.items()))
 
 
 class ReplayCheck:
@@ -545,13 +604,13 @@ class ReplayCheck:
 
 def summarize(
     records: list[dict[str, Any]],
-    cursor: DataCursor,
+    skipped: dict[str, int],
     evals: list[dict[str, Any]],
     replay: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """First and last losses (averaged over a few steps) and throughput, for the final report line."""
     window = max(1, min(10, len(records) // 4))
-    summary: dict[str, Any] = {"steps": len(records), "skipped": cursor.total_skipped()}
+    summary: dict[str, Any] = {"steps": len(records), "skipped": skipped}
     if replay is not None:
         summary["replay_check"] = replay
     for name in CURVES:
@@ -599,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             StudentError,
             ckpt.CheckpointError,
             DeviceError,
+            DistributedError,
             OutputRefused,
         ) as error:
             print(f"error: {error}", file=sys.stderr)
@@ -606,6 +666,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except OSError as error:  # a read-only or full disk, a folder without permission
             print(f"error: cannot write --output {args.output}: {error.strerror or error}", file=sys.stderr)
             raise SystemExit(2) from None
+    if summary is None:  # ranks other than 0: rank 0 reports for every rank
+        return
     steps = ckpt.completed_steps(args.output)
     print(
         f"saved: {ckpt.step_dir(args.output, steps[-1]) if steps else 'no checkpoint'}, "
