@@ -68,7 +68,10 @@ def test_amp_bf16_keeps_fp32_weights_and_computes_close_to_fp32(data: str, tmp_p
         )  # fmt: skip
     exact, autocast = _losses(runs["fp32"]), _losses(runs["amp_bf16"])
     assert exact != autocast  # the forward pass did run in bf16 ...
-    assert autocast == pytest.approx(exact, rel=2e-2)  # ... and stayed close to fp32
+    # ... and stayed close to fp32: the first step's loss comes from the same weights; later steps also
+    # carry bf16 updates, which drift further on CPUs without bf16 instructions (2.1% seen on an AMD EPYC)
+    assert autocast[0] == pytest.approx(exact[0], rel=2e-2)
+    assert autocast == pytest.approx(exact, rel=5e-2)
     saved = load_file(str(Path(step_dir(str(runs["amp_bf16"]), 3)) / OPEN_CLIP_WEIGHTS_FILE))
     assert all(t.dtype == torch.float32 for t in saved.values() if t.is_floating_point())
 
