@@ -28,6 +28,7 @@ from pipeline.join_settings import (
 )
 from pipeline.progress import ShardProgress
 from shards import storage
+from shards.dataset_card import check_card_is_ours, write_dataset_card
 from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
     CONFIG_FILE,
@@ -59,8 +60,15 @@ def _match(pattern: str, flag: str, suffix: str) -> list[str]:
     return paths
 
 
-def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: bool = True) -> JoinOutcome:
-    """Run (or resume) the join; raises ConfigError before any work when misconfigured."""
+def run_join(
+    settings: JoinSettings,
+    beam_args: list[str],
+    *,
+    show_progress: bool = True,
+    card_license: str | None = None,
+) -> JoinOutcome:
+    """Run (or resume) the join; raises ConfigError before any work when misconfigured. Ends by
+    writing the dataset card (README.md; `card_license`, else the card's own, else unknown)."""
     settings.validate()
     unusable = unusable_beam_args(beam_args)
     if unusable:
@@ -70,6 +78,7 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
         )
     options = PipelineOptions(beam_args)
     storage.use_filesystem_options(options)
+    check_card_is_ours(settings.output_dir)
     reinforced = find_input_shards(settings.reinforced_pattern, "--reinforced")
     raw = _match(settings.raw_pattern, "--raw", ".tar")
     metadata = (
@@ -128,6 +137,7 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
             "give --raw the shards img2dataset downloaded for these reinforced shards"
         )
     summary, written = run_result(settings.output_dir, shards)
+    write_dataset_card(settings.output_dir, summary, card_license)
     return JoinOutcome(
         summary=summary,
         shards_already_done=len(shards) - len(pending),
