@@ -2,7 +2,7 @@
 
 Written by the job: per shard `NNNNNNNN.tar`/`.parquet` (shards/writer.py), `NNNNNNNN_errors.jsonl` and
 `NNNNNNNN_stats.json`, and for the run `config.json` (shards/run_config.py), `manifest.jsonl` and
-`summary.json`; the join adds `NNNNNNNN_refetch.jsonl` and `refetch.parquet` with `--on-mismatch list`;
+`summary.json`, and the dataset card `README.md` (shards/dataset_card.py); the join adds `NNNNNNNN_refetch.jsonl` and `refetch.parquet` with `--on-mismatch list`;
 while a job runs, its lease `.lease.json` (shards/lease.py). A shard is done exactly when its stats
 file exists: it is written last, so a resumed run redoes any shard whose stats file is missing.
 Stats hold wall-clock times per stage and so differ
@@ -36,6 +36,7 @@ from shards.write_guard import OutputRefused, check_output_folder
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
+CARD_FILE = "README.md"  # the Hugging Face dataset card (shards/dataset_card.py)
 LEASE_FILE = ".lease.json"  # while a job writes the folder: who (shards/lease.py)
 STATS_SUFFIX = "_stats.json"
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
