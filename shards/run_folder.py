@@ -4,9 +4,9 @@ Written by the job: per shard `NNNNNNNN.tar`/`.parquet` (shards/writer.py), `NNN
 `NNNNNNNN_stats.json`, and for the run `config.json` (shards/run_config.py), `manifest.jsonl` and
 `summary.json`, and the dataset card `README.md` (shards/dataset_card.py); the join adds
 `NNNNNNNN_refetch.jsonl` and `refetch.parquet` with `--on-mismatch list`; while a job runs, its lease
-`.lease.json` (shards/lease.py). A shard is done exactly when its stats file exists: it is written last, so a resumed run redoes any shard whose stats file is missing.
-Stats hold wall-clock times per stage and so differ
-between runs; every other output file is byte-identical.
+`.lease.json` (shards/lease.py). A shard is done exactly when its stats file exists: it is written
+last, so a resumed run redoes any shard whose stats file is missing. Stats hold wall-clock times per
+stage and so differ between runs; every other output file is byte-identical.
 
 img2dataset writes `NNNNN_stats.json` files too, so a stats file is ours by its content (`written_by`,
 or for runs from before that field, its known fields), and a job only writes into a folder that
