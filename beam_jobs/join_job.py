@@ -35,6 +35,7 @@ from shards.run_folder import (
     check_run_output,
     committed_shards,
     remove_stale_temporaries,
+    remove_temporaries_after_run,
     run_result,
     shard_name,
 )
@@ -130,6 +131,7 @@ def run_join(
             if client is not None:
                 client.close()
     wall = time.monotonic() - start
+    remove_temporaries_after_run(settings.output_dir)  # a lost worker's, while the runner redid its shard
     if pending and not committed_shards(settings.output_dir) & set(pending):
         raise ConfigError(
             f"no raw sample of --raw {settings.raw_pattern!r} ({len(inputs.raw_paths)} tar files) has the "

@@ -84,10 +84,24 @@ def remove_stale_temporaries(output_dir: str, shards: Iterable[str]) -> int:
     return len(stale)
 
 
+def remove_temporaries_after_run(output_dir: str) -> int:
+    """Delete every temporary in the folder but the lease's: what workers lost inside a shard (a
+    killed process, a preempted VM) and runs killed while writing a run file left behind. Only once
+    the run's pipeline is over, by the holder of the folder's lease: no writer is left then."""
+    lease_temporaries = f".{LEASE_FILE}.tmp-"
+    stale = [
+        path
+        for path in storage.match(storage.join(output_dir, ".*.tmp-*"))
+        if not storage.basename(path).startswith(lease_temporaries)
+    ]
+    storage.delete_all(stale)
+    return len(stale)
+
+
 def _temporary_of(name: str) -> str | None:
     """The shard a `.NNNNNNNN.tar.tmp-*` / `.NNNNNNNN_stats.json.tmp-*` file belongs to."""
     final = name[1:].rsplit(".tmp-", 1)[0]
-    for suffix in (".tar", ".parquet", ERRORS_SUFFIX, STATS_SUFFIX):
+    for suffix in (".tar", ".parquet", ERRORS_SUFFIX, STATS_SUFFIX, REFETCH_SUFFIX):
         if final.endswith(suffix):
             return final[: -len(suffix)]
     return None

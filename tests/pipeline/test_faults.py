@@ -1,0 +1,48 @@
+"""Faults on a real engine: a Dask worker killed inside a shard, the Dask scheduler killed.
+
+A `dask scheduler` and two `dask worker` processes (one thread each) on 127.0.0.1; the job runs as its
+own process, as a user starts it. The output is compared with the in-process reference run byte for
+byte (stats files without their wall-clock fields), and no temporary may be left in the folder.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.services import add_dask_worker, dask_cluster, kill_a_worker_inside_a_shard
+
+pytestmark = pytest.mark.slow  # a scheduler, workers and the job as processes
+pytest.importorskip("distributed")
+
+
+def assert_same_outputs(expected: Path, actual: Path, job) -> None:
+    want, got = job.files(expected), job.files(actual)
+    assert sorted(got) == sorted(want)
+    assert [name for name in want if want[name] != got[name]] == []
+    assert [p.name for p in actual.iterdir() if p.name.startswith(".")] == []  # no temporaries left
+
+
+def test_a_dask_worker_killed_inside_a_shard_costs_only_that_shard(tmp_path, job_input, reference_run, job):
+    out = tmp_path / "out"
+    with dask_cluster(tmp_path) as cluster:
+        dask = ["--runner", "DaskRunner", "--dask_client_address", cluster.address]
+        command = [sys.executable, "-m", "pipeline.reinforce", *job.args(job_input[0], out, *dask)]
+        with (tmp_path / "job.err").open("wb") as err:
+            run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            kill_a_worker_inside_a_shard(cluster, out, run)
+            code = run.wait(timeout=300)
+        finally:
+            if run.poll() is None:
+                run.kill()
+        errors = (tmp_path / "job.err").read_text()
+        print("first run:", code, errors)
+        if code != 0:
+            add_dask_worker(cluster, tmp_path)
+            again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            assert again.returncode == 0, again.stderr
+    assert_same_outputs(reference_run, out, job)
