@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.join_graph import build_graph
 from beam_jobs.reinforce_job import JobOutcome, beam_counters
-from beam_jobs.runners import create_runner, is_local
+from beam_jobs.runners import create_runner, is_local, quiet_cluster_logs, wait_for_run
 from pipeline.join_inputs import plan_inputs, record_bytes, run_record
 from pipeline.join_settings import (
     JoinSettings,
@@ -123,13 +123,9 @@ def run_join(
         if show_progress and local and pending
         else contextlib.nullcontext()
     ):
+        quiet_cluster_logs(options)
         result = pipeline.run()
-        try:
-            result.wait_until_finish()
-        finally:
-            client = getattr(result, "client", None)  # Beam's Dask runner leaves its client connected
-            if client is not None:
-                client.close()
+        wait_for_run(result)
     wall = time.monotonic() - start
     remove_temporaries_after_run(settings.output_dir)  # a lost worker's, while the runner redid its shard
     if pending and not committed_shards(settings.output_dir) & set(pending):

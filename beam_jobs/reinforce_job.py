@@ -25,6 +25,8 @@ from beam_jobs.runners import (
     create_runner,
     is_local,
     local_worker_processes,
+    quiet_cluster_logs,
+    wait_for_run,
     with_runner_defaults,
 )
 from pipeline.progress import ShardProgress
@@ -200,14 +202,9 @@ def _run_held(
         if show_progress and local and pending
         else contextlib.nullcontext()
     ):
+        quiet_cluster_logs(options)
         result = pipeline.run()
-        try:
-            result.wait_until_finish()
-        finally:
-            # Beam's Dask runner leaves its client connected; it would keep reconnecting after the run.
-            client = getattr(result, "client", None)
-            if client is not None:
-                client.close()
+        wait_for_run(result)
     wall = time.monotonic() - start
     del adopted
     remove_temporaries_after_run(output_dir)  # a lost worker's, while the runner redid its shard

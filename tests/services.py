@@ -38,6 +38,7 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
     """A background process in its own session (so that it and its children can be stopped together)."""
     # Beam's worker pool starts SDK workers as plain `python`: this environment's must come first.
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -104,19 +105,28 @@ def add_dask_worker(cluster: SimpleNamespace, folder: Path) -> None:
     cluster.client.wait_for_workers(alive, timeout=120)
 
 
+def wait_inside_a_shard(out: Path, job: subprocess.Popen) -> None:
+    """Return once a shard is being written in `out` (its temporaries exist)."""
+    deadline = time.monotonic() + 300
+    while not any(out.glob(".[0-9]*.tmp-*")):
+        if job.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no shard was seen being written (job exit status {job.poll()})")
+        time.sleep(0.02)
+
+
 def kill_a_worker_inside_a_shard(cluster: SimpleNamespace, out: Path, job: subprocess.Popen) -> None:
     """SIGKILL the session of a worker that runs a task while a shard is being written (its
     temporaries exist): a machine lost in the middle of a shard."""
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and job.poll() is None:
-        if any(out.glob(".[0-9]*.tmp-*")):
-            pids = cluster.client.run(os.getpid)  # worker address -> its process id
-            for address, keys in cluster.client.processing().items():
-                if keys and address in pids:
-                    group = os.getpgid(pids[address])
-                    victim = next(w for w in cluster.workers if w.pid == group and w.poll() is None)
-                    os.killpg(victim.pid, signal.SIGKILL)
-                    victim.wait()
-                    return
+    while time.monotonic() < deadline:
+        wait_inside_a_shard(out, job)
+        pids = cluster.client.run(os.getpid)  # worker address -> its process id
+        for address, keys in cluster.client.processing().items():
+            if keys and address in pids:
+                group = os.getpgid(pids[address])
+                victim = next(w for w in cluster.workers if w.pid == group and w.poll() is None)
+                os.killpg(victim.pid, signal.SIGKILL)
+                victim.wait()
+                return
         time.sleep(0.02)
     raise AssertionError(f"no worker was seen inside a shard (job exit status {job.poll()})")
