@@ -130,3 +130,30 @@ def kill_a_worker_inside_a_shard(cluster: SimpleNamespace, out: Path, job: subpr
                 return
         time.sleep(0.02)
     raise AssertionError(f"no worker was seen inside a shard (job exit status {job.poll()})")
+
+
+def timed_run(command: list[str], out: Path) -> float:
+    """Run a job to its end; the seconds from its config.json appearing (launch done) to its exit."""
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (out / "config.json").exists() and job.poll() is None:
+        time.sleep(0.02)
+    began = time.monotonic()
+    _, errors = job.communicate(timeout=600)
+    assert job.returncode == 0, errors
+    return time.monotonic() - began
+
+
+def kill_after_launch(command: list[str], out: Path, delay: float) -> bool:
+    """Start a job in its own session and SIGKILL the whole session `delay` seconds after its
+    config.json exists (an earlier run's counts: the job is past its launch checks); True when the
+    job was still running then."""
+    job = start(command, out.parent / f"{out.name}.killed.log")
+    try:
+        while not (out / "config.json").exists() and job.poll() is None:
+            time.sleep(0.02)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.01)
+        return job.poll() is None
+    finally:
+        stop(job, signal.SIGKILL)
