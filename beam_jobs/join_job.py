@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.join_graph import build_graph
 from beam_jobs.reinforce_job import JobOutcome, beam_counters
-from beam_jobs.runners import create_runner, is_local, quiet_cluster_logs, wait_for_run
+from beam_jobs.runners import create_runner, is_local, quiet_cluster_logs, wait_for_run, with_runner_defaults
 from pipeline.join_inputs import plan_inputs, record_bytes, run_record
 from pipeline.join_settings import (
     JoinSettings,
@@ -77,7 +77,7 @@ def run_join(
             f"unknown arguments {' '.join(unusable)} (not ours, not Beam's; see --help). "
             "Quote globs so the shell leaves them alone: --raw 'raw/*.tar'"
         )
-    options = PipelineOptions(beam_args)
+    options = PipelineOptions(with_runner_defaults(beam_args))  # on Dask, one shard per task
     storage.use_filesystem_options(options)
     check_card_is_ours(settings.output_dir)
     reinforced = find_input_shards(settings.reinforced_pattern, "--reinforced")

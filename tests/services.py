@@ -157,3 +157,24 @@ def kill_after_launch(command: list[str], out: Path, delay: float) -> bool:
         return job.poll() is None
     finally:
         stop(job, signal.SIGKILL)
+
+
+def run_losing_a_dask_worker(command: list[str], out: Path, cluster: SimpleNamespace, folder: Path) -> None:
+    """Run a job on the cluster and SIGKILL a worker inside a shard. The job must then finish on the
+    survivor, or stop with at most two lines (no traceback), after which the same command with a new
+    worker must finish the rest."""
+    with (folder / "job.err").open("wb") as err:
+        job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        kill_a_worker_inside_a_shard(cluster, out, job)
+        code = job.wait(timeout=300)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    if code != 0:
+        errors = (folder / "job.err").read_text()
+        assert "Traceback" not in errors and len(errors.strip().splitlines()) <= 2, errors
+        add_dask_worker(cluster, folder)
+        again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr

@@ -15,13 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import (
-    add_dask_worker,
-    dask_cluster,
-    kill_a_worker_inside_a_shard,
-    stop,
-    wait_inside_a_shard,
-)
+from tests.services import dask_cluster, run_losing_a_dask_worker, stop, wait_inside_a_shard
 
 pytestmark = pytest.mark.slow  # a scheduler, workers and the job as processes
 pytest.importorskip("distributed")
@@ -39,20 +33,7 @@ def test_a_dask_worker_killed_inside_a_shard_costs_only_that_shard(tmp_path, job
     with dask_cluster(tmp_path) as cluster:
         dask = ["--runner", "DaskRunner", "--dask_client_address", cluster.address]
         command = [sys.executable, "-m", "pipeline.reinforce", *job.args(job_input[0], out, *dask)]
-        with (tmp_path / "job.err").open("wb") as err:
-            run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            kill_a_worker_inside_a_shard(cluster, out, run)
-            code = run.wait(timeout=300)
-        finally:
-            if run.poll() is None:
-                run.kill()
-        if code != 0:  # allowed: one line, then the same command with a new worker finishes the rest
-            errors = (tmp_path / "job.err").read_text()
-            assert "Traceback" not in errors and len(errors.strip().splitlines()) <= 2, errors
-            add_dask_worker(cluster, tmp_path)
-            again = subprocess.run(command, capture_output=True, text=True, timeout=300)
-            assert again.returncode == 0, again.stderr
+        run_losing_a_dask_worker(command, out, cluster, tmp_path)
     assert_same_outputs(reference_run, out, job)
 
 
