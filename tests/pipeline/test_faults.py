@@ -58,7 +58,7 @@ def test_a_killed_scheduler_ends_the_job_within_a_minute_and_a_new_one_finishes_
     assert "Traceback" not in errors
     said = [line for line in errors.splitlines() if line.startswith("error:")]
     assert len(said) == 1 and "scheduler was lost" in said[0], errors
-    with dask_cluster(tmp_path / "second") as cluster:
+    with dask_cluster(tmp_path / "second", workers=1) as cluster:
         dask = ["--runner", "DaskRunner", "--dask_client_address", cluster.address]
         again = subprocess.run([*command[: -len(dask)], *dask], capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr
