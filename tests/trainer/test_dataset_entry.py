@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 
 from teachers.tiny import local_dir_spec, write_random_checkpoint
@@ -23,6 +24,7 @@ def readme_example() -> str:
     return example
 
 
+@pytest.mark.slow  # two loader processes: 2-7 s
 def test_the_readme_example_trains_one_step_with_the_trainers_stream_and_loss(make_shards, tmp_path):
     spec = ShardSpec()
     folder, _ = make_shards(views=spec.views)
