@@ -312,6 +312,13 @@ def card_body(config: dict[str, Any], summary: RunSummary) -> str:
         else "the parquet sidecars (the tars hold bf16 `pth.gz` embeddings, which `datasets` cannot read)"
     )
     history = _history_section(config)
+    selection = config.get("selection")
+    filtered = (
+        f", {summary.filtered_out} left out by the run's selection (`config.json` `selection`: "
+        f"{json.dumps(selection, sort_keys=True)})"
+        if selection or summary.filtered_out
+        else ""
+    )
     embeddings = "npz" if tars else "pth.gz"
     views = (
         f"A = {config.get('num_views', '?')} views per image, seed {config.get('seed', 'not recorded')}, "
@@ -363,7 +370,7 @@ Layout `{config.get("layout", "v1")}`, embeddings stored as {config.get("embeddi
 {_image_stack_section(config)}
 ## Counts
 
-{summary.num_read} samples read, {summary.num_written} written, {summary.num_skipped} skipped.
+{summary.num_read} samples read, {summary.num_written} written, {summary.num_skipped} skipped{filtered}.
 
 Skipped samples by reason:
 
