@@ -40,7 +40,13 @@ from shards.dataset_card import check_card_is_ours, write_dataset_card
 from shards.lease import hold_output
 from shards.remote_access import check_remote_access
 from shards.run_config import ConfigError, write_or_check_run_config
-from shards.run_folder import RunSummary, check_run_output, remove_temporaries_after_run, run_result, shard_name
+from shards.run_folder import (
+    RunSummary,
+    check_run_output,
+    remove_temporaries_after_run,
+    run_result,
+    shard_name,
+)
 from shards.run_inputs import find_input_shards, pending_inputs
 from shards.storage import unusable_beam_args
 

@@ -21,8 +21,8 @@ from pipeline.extend_settings import (
 from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK, launch, report_run, resume_hint
 from pipeline.settings import DEFAULT_BATCH_SIZE
 from shards import storage
-from shards.interrupt import exit_on_interrupt
 from shards.dataset_card import add_license_argument
+from shards.interrupt import exit_on_interrupt
 from shards.run_folder import ERRORS_SUFFIX
 
 EPILOG = """\
