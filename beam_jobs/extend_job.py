@@ -46,8 +46,15 @@ def run_extend_job(
     *,
     show_progress: bool = True,
     load_models: Callable[[ExtendSettings], ExtendModels] = load_extend_models,
+    card_license: str | None = None,
 ) -> JobOutcome:
     """Run (or resume) the extend; raises ConfigError / ModelLoadError before any work when misconfigured."""
     return run_shard_job(
-        settings, beam_args, ExtendShardFn, load_models, describe_extension, show_progress=show_progress
+        settings,
+        beam_args,
+        ExtendShardFn,
+        load_models,
+        describe_extension,
+        show_progress=show_progress,
+        card_license=card_license,
     )

@@ -150,14 +150,14 @@ class JoinShardFn(beam.DoFn):
 
 
 class WriteRefetchListFn(beam.DoFn):
-    """Runs once after every shard: `refetch.parquet` (uid, url, reason) from the per-shard lists, in
+    """Runs once, after the manifest: `refetch.parquet` (uid, url, reason) from the per-shard lists, in
     shard order; img2dataset reads it with `--input_format parquet --url_col url`."""
 
     def __init__(self, output_dir: str, shards: list[str]) -> None:
         self._output_dir = output_dir
         self._shards = shards
 
-    def process(self, _done: list[str]) -> Iterable[int]:
+    def process(self, _finalized: int) -> Iterable[int]:
         import json
 
         rows: list[dict[str, Any]] = []
@@ -225,6 +225,8 @@ def build_graph(
         | "AllShardsDone" >> beam.combiners.ToList()
         | "OnlyIfMatched" >> beam.Filter(lambda _shards, ready: ready, ready)
     )
-    _ = done | "WriteManifest" >> beam.ParDo(FinalizeRunFn(settings.output_dir, all_shards))
+    finalized = done | "WriteManifest" >> beam.ParDo(FinalizeRunFn(settings.output_dir, all_shards))
     if settings.on_mismatch == "list":
-        _ = done | "WriteRefetchList" >> beam.ParDo(WriteRefetchListFn(settings.output_dir, all_shards))
+        # After the manifest, not beside it: Beam's Dask runner computes only the graph's last step
+        # (and what it depends on), so a second leaf would never run there.
+        _ = finalized | "WriteRefetchList" >> beam.ParDo(WriteRefetchListFn(settings.output_dir, all_shards))

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.join_graph import build_graph
 from beam_jobs.reinforce_job import JobOutcome, beam_counters
-from beam_jobs.runners import create_runner, is_local
+from beam_jobs.runners import create_runner, is_local, quiet_cluster_logs, wait_for_run, with_runner_defaults
 from pipeline.join_inputs import plan_inputs, record_bytes, run_record
 from pipeline.join_settings import (
     JoinSettings,
@@ -28,12 +28,14 @@ from pipeline.join_settings import (
 )
 from pipeline.progress import ShardProgress
 from shards import storage
+from shards.dataset_card import check_card_is_ours, write_dataset_card
 from shards.run_config import ConfigError, write_or_check_run_config
 from shards.run_folder import (
     CONFIG_FILE,
     check_run_output,
     committed_shards,
     remove_stale_temporaries,
+    remove_temporaries_after_run,
     run_result,
     shard_name,
 )
@@ -59,8 +61,15 @@ def _match(pattern: str, flag: str, suffix: str) -> list[str]:
     return paths
 
 
-def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: bool = True) -> JoinOutcome:
-    """Run (or resume) the join; raises ConfigError before any work when misconfigured."""
+def run_join(
+    settings: JoinSettings,
+    beam_args: list[str],
+    *,
+    show_progress: bool = True,
+    card_license: str | None = None,
+) -> JoinOutcome:
+    """Run (or resume) the join; raises ConfigError before any work when misconfigured. Ends by
+    writing the dataset card (README.md; `card_license`, else the card's own, else unknown)."""
     settings.validate()
     unusable = unusable_beam_args(beam_args)
     if unusable:
@@ -68,8 +77,9 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
             f"unknown arguments {' '.join(unusable)} (not ours, not Beam's; see --help). "
             "Quote globs so the shell leaves them alone: --raw 'raw/*.tar'"
         )
-    options = PipelineOptions(beam_args)
+    options = PipelineOptions(with_runner_defaults(beam_args))  # on Dask, one shard per task
     storage.use_filesystem_options(options)
+    check_card_is_ours(settings.output_dir)
     reinforced = find_input_shards(settings.reinforced_pattern, "--reinforced")
     raw = _match(settings.raw_pattern, "--raw", ".tar")
     metadata = (
@@ -113,14 +123,11 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
         if show_progress and local and pending
         else contextlib.nullcontext()
     ):
+        quiet_cluster_logs(options)
         result = pipeline.run()
-        try:
-            result.wait_until_finish()
-        finally:
-            client = getattr(result, "client", None)  # Beam's Dask runner leaves its client connected
-            if client is not None:
-                client.close()
+        wait_for_run(result)
     wall = time.monotonic() - start
+    remove_temporaries_after_run(settings.output_dir)  # a lost worker's, while the runner redid its shard
     if pending and not committed_shards(settings.output_dir) & set(pending):
         raise ConfigError(
             f"no raw sample of --raw {settings.raw_pattern!r} ({len(inputs.raw_paths)} tar files) has the "
@@ -128,6 +135,7 @@ def run_join(settings: JoinSettings, beam_args: list[str], *, show_progress: boo
             "give --raw the shards img2dataset downloaded for these reinforced shards"
         )
     summary, written = run_result(settings.output_dir, shards)
+    write_dataset_card(settings.output_dir, summary, card_license)
     return JoinOutcome(
         summary=summary,
         shards_already_done=len(shards) - len(pending),

@@ -19,7 +19,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from pipeline.settings import ReinforceSettings
-from shards.run_folder import ShardStats, finalize_run
+from shards import storage
+from shards.run_folder import ShardStats, finalize_run, output_paths, shard_name
 from teachers.devices import is_fatal_cuda_error
 
 NAMESPACE = "datacompdr"
@@ -105,6 +106,12 @@ class ShardFn(beam.DoFn):
         from pipeline.reinforce_shard import ShardUnreadableError
 
         assert self._holder is not None
+        shard = shard_name(input_path)
+        if storage.exists(output_paths(self._settings.output_dir, shard)["stats"]):
+            # Committed by this run already: a runner recomputing results it lost with a worker (Dask
+            # redoes every finished task whose output lived on the dead worker) costs one check.
+            yield shard
+            return
         written = self._counter("samples_written")
         try:
             stats = self.run_shard(input_path, self._holder.models, written.inc)

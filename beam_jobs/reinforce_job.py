@@ -25,6 +25,8 @@ from beam_jobs.runners import (
     create_runner,
     is_local,
     local_worker_processes,
+    quiet_cluster_logs,
+    wait_for_run,
     with_runner_defaults,
 )
 from pipeline.progress import ShardProgress
@@ -34,10 +36,17 @@ from pipeline.settings import ReinforceSettings, build_run_config
 from pipeline.worker_models import load_models as load_worker_models
 from pipeline.worker_models import run_device_kind
 from shards import storage
+from shards.dataset_card import check_card_is_ours, write_dataset_card
 from shards.lease import hold_output
 from shards.remote_access import check_remote_access
 from shards.run_config import ConfigError, write_or_check_run_config
-from shards.run_folder import RunSummary, check_run_output, run_result, shard_name
+from shards.run_folder import (
+    RunSummary,
+    check_run_output,
+    remove_temporaries_after_run,
+    run_result,
+    shard_name,
+)
 from shards.run_inputs import find_input_shards, pending_inputs
 from shards.storage import unusable_beam_args
 
@@ -101,6 +110,7 @@ def run_job(
     show_progress: bool = True,
     load_models: Callable[[ReinforceSettings], ShardModels] = load_worker_models,
     force_takeover: bool = False,
+    card_license: str | None = None,
 ) -> JobOutcome:
     """Run (or resume) the job; raises ConfigError / ModelLoadError before any work when misconfigured,
     RemoteAccessError when a gs:// or s3:// path lacks credentials or an endpoint, and LeaseHeldError
@@ -119,6 +129,7 @@ def run_job(
         describe_run,
         show_progress=show_progress,
         force_takeover=force_takeover,
+        card_license=card_license,
     )
 
 
@@ -140,18 +151,22 @@ def run_shard_job(
     *,
     show_progress: bool,
     force_takeover: bool = False,
+    card_license: str | None = None,
 ) -> JobOutcome:
     """Any shard job: check the flags, remote access and output folder (new, empty or one of our runs,
     never the inputs' folder), take the output folder's lease, load the
     models once to describe them in config.json (written, or checked on resume), then run the shard
-    stage on every input shard not yet committed in `settings.output_dir`, and write the manifest and
-    summary."""
+    stage on every input shard not yet committed in `settings.output_dir`, and write the manifest,
+    summary and dataset card (README.md; `card_license`, else the card's own, else unknown)."""
     options = beam_options(beam_args)
     check_remote_access([settings.input_pattern, settings.output_dir], options)
+    check_card_is_ours(settings.output_dir)
     inputs = find_input_shards(settings.input_pattern)
     check_run_output(settings.output_dir, inputs)
     with hold_output(settings.output_dir, force=force_takeover):
-        return _run_held(settings, options, inputs, shard_fn_type, load_models, describe, show_progress)
+        outcome = _run_held(settings, options, inputs, shard_fn_type, load_models, describe, show_progress)
+        write_dataset_card(settings.output_dir, outcome.summary, card_license)
+        return outcome
 
 
 def _run_held(
@@ -193,16 +208,12 @@ def _run_held(
         if show_progress and local and pending
         else contextlib.nullcontext()
     ):
+        quiet_cluster_logs(options)
         result = pipeline.run()
-        try:
-            result.wait_until_finish()
-        finally:
-            # Beam's Dask runner leaves its client connected; it would keep reconnecting after the run.
-            client = getattr(result, "client", None)
-            if client is not None:
-                client.close()
+        wait_for_run(result)
     wall = time.monotonic() - start
     del adopted
+    remove_temporaries_after_run(output_dir)  # a lost worker's, while the runner redid its shard
     summary, written = run_result(output_dir, shards)
     return JobOutcome(
         summary=summary,

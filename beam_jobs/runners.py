@@ -8,6 +8,7 @@ still honours `--direct_num_workers` and `--direct_running_mode`.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -58,6 +59,38 @@ def create_runner(options: PipelineOptions) -> Any:
 
         return DaskRunner()
     return name
+
+
+class ClusterLostError(RuntimeError):
+    """The run's cluster went away before its work was done (Dask: the scheduler was lost)."""
+
+
+def quiet_cluster_logs(options: PipelineOptions) -> None:
+    """On Dask, the client logs each failed reconnection to a lost scheduler with a traceback; the
+    launcher says what happened in one line instead."""
+    if runner_name(options) == DASK:
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+
+
+def wait_for_run(result: Any) -> None:
+    """Wait for a launched pipeline; ClusterLostError when the runner calls cancelled work done.
+
+    Beam's Dask runner returns normally when its client loses the scheduler (every task is then
+    cancelled, none raises), which would pass a half-done run off as finished. Its client stays
+    connected after the run and would keep reconnecting: it is closed here.
+    """
+    try:
+        result.wait_until_finish()
+        futures = getattr(result, "futures", None) or []
+        lost = sum(1 for future in futures if future.status != "finished")
+        if lost:
+            raise ClusterLostError(
+                f"the Dask scheduler was lost before the run ended ({lost} of {len(futures)} tasks cancelled)"
+            )
+    finally:
+        client = getattr(result, "client", None)
+        if client is not None:
+            client.close()
 
 
 def with_runner_defaults(beam_args: list[str]) -> list[str]:

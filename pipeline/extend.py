@@ -21,13 +21,14 @@ from pipeline.extend_settings import (
 from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK, launch, report_run, resume_hint
 from pipeline.settings import DEFAULT_BATCH_SIZE
 from shards import storage
+from shards.dataset_card import add_license_argument
 from shards.interrupt import exit_on_interrupt
 from shards.run_folder import ERRORS_SUFFIX
 
 EPILOG = """\
 The input is the output folder of a reinforce (or an earlier extend) run: its config.json says the
 teachers, views, seed and layout. The output is a new folder with the same files (tar, parquet,
-errors, stats per shard; config.json, manifest.jsonl, summary.json) and the same samples grown:
+errors, stats per shard; config.json, manifest.jsonl, summary.json, README.md) and the same samples grown:
 
   --add-teacher SPEC: the teacher embeds the stored views (replayed from paug.json) and every
     caption; its L2-normalised slice is appended to every row, and config.json's teachers gain it.
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="auto (a GPU when the worker has one), cpu, cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
+    add_license_argument(parser)
     return parser
 
 
@@ -116,7 +118,12 @@ def _extend(args: argparse.Namespace, beam_args: list[str]) -> int:
     from beam_jobs.extend_job import run_extend_job
 
     outcome, code = launch(
-        lambda: run_extend_job(settings_from_args(args), beam_args, show_progress=not args.no_progress),
+        lambda: run_extend_job(
+            settings_from_args(args),
+            beam_args,
+            show_progress=not args.no_progress,
+            card_license=args.license,
+        ),
         args.output,
     )
     if outcome is None:

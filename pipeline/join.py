@@ -14,6 +14,7 @@ import sys
 from pipeline.join_pairs import ON_MISMATCH
 from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK, launch, report_run
 from shards import storage
+from shards.dataset_card import add_license_argument
 from shards.run_folder import ERRORS_SUFFIX, REFETCH_FILE
 from shards.teacher_slices import parse_teacher_dims
 
@@ -21,11 +22,12 @@ EPILOG = """\
 Output per reinforced shard NNNNNNNN.tar (same name): NNNNNNNN.tar and .parquet (the joined samples,
 in the reinforced shard's order), NNNNNNNN_errors.jsonl (every pair not written: uid, reason, detail),
 NNNNNNNN_stats.json (written last: the shard is done; `skipped` counts by reason), and with
---on-mismatch list NNNNNNNN_refetch.jsonl. Per run: config.json, manifest.jsonl, summary.json and,
-with --on-mismatch list, refetch.parquet (uid, url, reason) for img2dataset. Reasons: image_missing,
-hash_mismatch, box_out_of_bounds, caption_missing, image_undecodable, bad_reinforced_sample,
-layout_mismatch. Re-running the same command resumes after the done shards; join_inputs.json records
-each run's inputs, and a rerun with other --raw inputs is refused unless --rejoin-missing.
+--on-mismatch list NNNNNNNN_refetch.jsonl. Per run: config.json, manifest.jsonl, summary.json,
+README.md (the Hugging Face dataset card) and, with --on-mismatch list, refetch.parquet (uid, url,
+reason) for img2dataset. Reasons: image_missing, hash_mismatch, box_out_of_bounds, caption_missing,
+image_undecodable, bad_reinforced_sample, layout_mismatch. Re-running the same command resumes after
+the done shards; join_inputs.json records each run's inputs, and a rerun with other --raw inputs is
+refused unless --rejoin-missing.
 Any other --flag is a Beam pipeline option (--runner DirectRunner, --direct_num_workers 2, ...).
 """
 
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shards with missing pairs are joined again with the earlier and the new raw shards",
     )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on local runs")
+    add_license_argument(parser)
     return parser
 
 
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         rejoin_missing=args.rejoin_missing,
     )
     outcome, code = launch(
-        lambda: run_join(settings, beam_args, show_progress=not args.no_progress), args.output
+        lambda: run_join(settings, beam_args, show_progress=not args.no_progress, card_license=args.license),
+        args.output,
     )
     if outcome is None:
         return code

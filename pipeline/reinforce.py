@@ -131,7 +131,11 @@ def _reinforce(args: Any, beam_args: list[str]) -> int:
     def start() -> Any:
         settings = settings_from_args(args)
         return run_job(
-            settings, beam_args, show_progress=not args.no_progress, force_takeover=args.force_takeover
+            settings,
+            beam_args,
+            show_progress=not args.no_progress,
+            force_takeover=args.force_takeover,
+            card_license=args.license,
         )
 
     outcome, code = launch(start, args.output)

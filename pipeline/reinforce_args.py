@@ -11,6 +11,7 @@ import argparse
 from pipeline.presets import PRESETS, resolve_preset
 from pipeline.selection import selection_from_flags
 from pipeline.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, ReinforceSettings
+from shards.dataset_card import add_license_argument
 from shards.run_config import ConfigError
 
 EPILOG = """\
@@ -22,8 +23,9 @@ Our own worker options: --model_threads N (torch threads per worker; default cor
 
 Output per input shard NNNNNNNN.tar: NNNNNNNN.tar (reinforced samples), NNNNNNNN.parquet (one row per
 sample), NNNNNNNN_errors.jsonl (skipped samples: key, reason) and NNNNNNNN_stats.json (written last: the
-shard is done). Per run: config.json, manifest.jsonl, summary.json. Re-running the same command resumes:
-shards with a stats file are skipped.
+shard is done). Per run: config.json, manifest.jsonl, summary.json and README.md (a Hugging Face dataset
+card, regenerated on every run; an edited one is never overwritten). Re-running the same command
+resumes: shards with a stats file are skipped.
 """
 
 
@@ -137,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the output folder's lease from a job you know is dead (a live job is refused: one "
         "job per output folder; a dead one on this host, or silent for 10 minutes, is taken over anyway)",
     )
+    add_license_argument(parser)
     return parser
 
 

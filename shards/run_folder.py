@@ -2,11 +2,11 @@
 
 Written by the job: per shard `NNNNNNNN.tar`/`.parquet` (shards/writer.py), `NNNNNNNN_errors.jsonl` and
 `NNNNNNNN_stats.json`, and for the run `config.json` (shards/run_config.py), `manifest.jsonl` and
-`summary.json`; the join adds `NNNNNNNN_refetch.jsonl` and `refetch.parquet` with `--on-mismatch list`;
-while a job runs, its lease `.lease.json` (shards/lease.py). A shard is done exactly when its stats
-file exists: it is written last, so a resumed run redoes any shard whose stats file is missing.
-Stats hold wall-clock times per stage and so differ
-between runs; every other output file is byte-identical.
+`summary.json`, and the dataset card `README.md` (shards/dataset_card.py); the join adds
+`NNNNNNNN_refetch.jsonl` and `refetch.parquet` with `--on-mismatch list`; while a job runs, its lease
+`.lease.json` (shards/lease.py). A shard is done exactly when its stats file exists: it is written
+last, so a resumed run redoes any shard whose stats file is missing. Stats hold wall-clock times per
+stage and so differ between runs; every other output file is byte-identical.
 
 img2dataset writes `NNNNN_stats.json` files too, so a stats file is ours by its content (`written_by`,
 or for runs from before that field, its known fields), and a job only writes into a folder that
@@ -36,6 +36,7 @@ from shards.write_guard import OutputRefused, check_output_folder
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
+CARD_FILE = "README.md"  # the Hugging Face dataset card (shards/dataset_card.py)
 LEASE_FILE = ".lease.json"  # while a job writes the folder: who (shards/lease.py)
 STATS_SUFFIX = "_stats.json"
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -83,10 +84,24 @@ def remove_stale_temporaries(output_dir: str, shards: Iterable[str]) -> int:
     return len(stale)
 
 
+def remove_temporaries_after_run(output_dir: str) -> int:
+    """Delete every temporary in the folder but the lease's: what workers lost inside a shard (a
+    killed process, a preempted VM) and runs killed while writing a run file left behind. Only once
+    the run's pipeline is over, by the holder of the folder's lease: no writer is left then."""
+    lease_temporaries = f".{LEASE_FILE}.tmp-"
+    stale = [
+        path
+        for path in storage.match(storage.join(output_dir, ".*.tmp-*"))
+        if not storage.basename(path).startswith(lease_temporaries)
+    ]
+    storage.delete_all(stale)
+    return len(stale)
+
+
 def _temporary_of(name: str) -> str | None:
     """The shard a `.NNNNNNNN.tar.tmp-*` / `.NNNNNNNN_stats.json.tmp-*` file belongs to."""
     final = name[1:].rsplit(".tmp-", 1)[0]
-    for suffix in (".tar", ".parquet", ERRORS_SUFFIX, STATS_SUFFIX):
+    for suffix in (".tar", ".parquet", ERRORS_SUFFIX, STATS_SUFFIX, REFETCH_SUFFIX):
         if final.endswith(suffix):
             return final[: -len(suffix)]
     return None

@@ -209,3 +209,20 @@ def build_shards(out: Path, spec: ShardSpec, start_index: int = 0) -> list[Reinf
         else:
             write_shard(str(path), batch, spec.layout, spec.dtype)
     return samples
+
+
+def comparable_outputs(folder: Path) -> dict[str, bytes]:
+    """Every visible file of a run folder by name, without what differs between identical runs: the
+    stats files' wall-clock seconds, input path and worker device, and summary.json (run wall times)."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name == "summary.json":
+            continue
+        data = path.read_bytes()
+        if path.name.endswith("_stats.json"):
+            stats = json.loads(data)
+            for timed in ("seconds", "input", "device"):
+                stats.pop(timed, None)
+            data = json.dumps(stats, sort_keys=True).encode()
+        files[path.name] = data
+    return files

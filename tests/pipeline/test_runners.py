@@ -10,58 +10,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.reinforce import main
+from tests.services import VENV_BIN, dask_scheduler, dask_worker, free_port, service, stop
 
 pytestmark = pytest.mark.slow  # separate services and processes: minutes, not seconds
-VENV_BIN = str(Path(sys.executable).parent)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"service exited early with {process.returncode}: {process.args}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-@contextlib.contextmanager
-def service(args: list[str], port: int, log: Path) -> Iterator[subprocess.Popen]:
-    """A background process in its own session; on exit, that session (and only it) is stopped."""
-    # Beam's worker pool starts SDK workers as plain `python`: this environment's must come first.
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        wait_for_port(port, process)
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def assert_same_outputs(expected: Path, actual: Path, job) -> None:
@@ -114,30 +73,16 @@ def test_portable_runner_loopback_and_external_worker_pool(tmp_path, job_input, 
 def test_dask_scheduler_and_two_worker_processes_share_the_shards(tmp_path, job_input, reference_run, job):
     distributed = pytest.importorskip("distributed")
     port = free_port()
-    scheduler = [
-        f"{VENV_BIN}/dask",
-        "scheduler",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-dashboard",
-    ]
     address = f"tcp://127.0.0.1:{port}"
-    worker = [f"{VENV_BIN}/dask", "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"]
-    worker_log = tmp_path / "worker.log"
-    with service(scheduler, port, tmp_path / "scheduler.log"):
-        worker_process = subprocess.Popen(
-            worker, stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
+    with service(dask_scheduler(port), port, tmp_path / "scheduler.log"):
+        worker_process = dask_worker(address, tmp_path / "worker.log", processes=2)
         try:
             with distributed.Client(address, timeout=60) as client:
                 client.wait_for_workers(2, timeout=120)
             extra = ["--runner", "DaskRunner", "--dask_client_address", address]
             assert main(job.args(job_input[0], tmp_path / "out", *extra)) == 0
         finally:
-            os.killpg(worker_process.pid, signal.SIGTERM)
-            worker_process.wait(timeout=30)
+            stop(worker_process)
     assert_same_outputs(reference_run, tmp_path / "out", job)
 
 
