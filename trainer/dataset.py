@@ -20,7 +20,6 @@ s3:// (`storage_options`: Beam's filesystem flags, e.g. `["--s3_endpoint_url", U
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -36,6 +35,7 @@ from trainer.data import (
 from trainer.loss import FAMILIES
 from trainer.objectives import reinforced_objective
 from trainer.settings import load_run_config, resolve_data_settings, sibling_config
+from trainer.step import batch_loss
 from trainer.students import Student
 
 __all__ = ["Batch", "ReinforcedStream", "open_reinforced", "reinforced_loss_of"]
@@ -111,5 +111,4 @@ def reinforced_loss_of(
     default as `trainer.train --lambda`), with the stream's teacher slices and KD scales."""
     student = open_clip_student(model, stream.tokenizer)
     objective = reinforced_objective(stream.settings.slices, lam, families)
-    terms: dict[str, Any] = objective(student, batch)
-    return terms["total"]
+    return batch_loss(student, batch, objective)["total"]

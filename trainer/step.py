@@ -58,8 +58,7 @@ def accumulate_gradients(
 ) -> Terms:
     """Back-propagate the loss of all micro-batches of all ranks into this rank's gradients."""
     if len(micro_batches) == 1:
-        embedded = objective.embed(student, micro_batches[0])
-        terms = _step_loss(objective, world, [embedded], embedded.own, _logit_scale(student))
+        terms = batch_loss(student, micro_batches[0], objective, world)
         terms["total"].backward()
         return terms
     with torch.no_grad():
@@ -73,6 +72,12 @@ def accumulate_gradients(
         terms = _step_loss(objective, world, parts, own, scale)
         terms["total"].backward()
     return terms  # every pass has the same values
+
+
+def batch_loss(student: Student, batch: Any, objective: Objective, world: World = ONE_PROCESS) -> Terms:
+    """The loss terms of one micro-batch against every rank's rows (a whole step's when K = 1)."""
+    embedded = objective.embed(student, batch)
+    return _step_loss(objective, world, [embedded], embedded.own, _logit_scale(student))
 
 
 def _logit_scale(student: Student) -> torch.Tensor:
