@@ -14,6 +14,7 @@ from tests.conftest import REPO
 from tests.support import ShardSpec
 from trainer.data import ReinforcedStream
 from trainer.objectives import reinforced_objective
+from trainer.step import batch_loss
 from trainer.students import TINY_MODEL_CFG, TINY_PREPROCESS_CFG, create_student
 
 
@@ -53,8 +54,10 @@ def test_the_readme_example_trains_one_step_with_the_trainers_stream_and_loss(ma
     ]
     assert changed, "the optimizer step changed no weight"
 
-    # The example's loss is the trainer's objective on the same batch and weights.
+    # The example's loss is the trainer's step loss (same slices, λ, families) on the same batch and weights.
     from trainer.dataset import reinforced_loss_of
 
     objective = reinforced_objective(stream.settings.slices, 1.0)
-    assert torch.equal(reinforced_loss_of(trained.model, batch, stream), objective(trained, batch)["total"])
+    assert torch.equal(
+        reinforced_loss_of(trained.model, batch, stream), batch_loss(trained, batch, objective)["total"]
+    )
