@@ -60,7 +60,7 @@ train-demo: demo
 	$(PY) -m trainer.train --data '$(DEMO_OUT)/*.tar' --model tiny --steps 200 --batch-size 8 --output out/train-demo
 
 bench: $(STAMP)
-	for b in transforms teachers captioner public_generator pipeline trainer scale; do $(PY) -m bench.$$b || exit 1; done
+	for b in transforms teachers captioner public_generator pipeline score trainer scale; do $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf out $(CHECKPOINTS) .pytest_cache

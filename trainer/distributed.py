@@ -324,7 +324,7 @@ def loader_workers(requested: int, num_shards: int, world: World) -> int:
             "at least; use fewer processes or split the data into more shards"
         )
     workers = max(0, min(requested, num_shards // world_size))
-    if workers < requested:
+    if workers < requested and world.distributed:  # one process caps its workers quietly, as before
         world.log(
             f"warning: {num_shards} shards < {world_size} process(es) x {requested} loader workers; "
             f"each process runs {workers} (a worker needs shards of its own)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -105,7 +106,7 @@ class _Exited(Exception):
     ],
 )
 def test_a_cuda_failure_ends_the_worker_process_instead_of_retrying_in_it(
-    monkeypatch: pytest.MonkeyPatch, error: Exception, ends: bool
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error: Exception, ends: bool
 ) -> None:
     import beam_jobs.reinforce_graph as graph
 
@@ -120,7 +121,8 @@ def test_a_cuda_failure_ends_the_worker_process_instead_of_retrying_in_it(
         raise _Exited(code)
 
     monkeypatch.setattr(graph.os, "_exit", fake_exit)
-    fn = FailingFn(settings=None, threads=1, sharing=1, load_models=lambda s: object())
+    settings = SimpleNamespace(output_dir=str(tmp_path))  # no shard of it is committed yet
+    fn = FailingFn(settings=settings, threads=1, sharing=1, load_models=lambda s: object())
     fn._holder = fn.adopt(object())  # the worker's loaded models, as setup() leaves them
     expected = _Exited if ends else type(error)
     with pytest.raises(expected) as caught:
