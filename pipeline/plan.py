@@ -139,6 +139,10 @@ def job_settings(args: argparse.Namespace) -> ReinforceSettings:
         device=args.device,
         feed_workers=0,  # decoding is timed in this process; the job's helper thread overlaps it
         allow_device_change=False,
+        keep_uids=None,  # the plan times every sample: a selection only changes how many there are
+        scores=None,
+        min_score=None,
+        top_fraction=None,
     )
     return settings_from_args(job_args)
 

@@ -46,7 +46,7 @@ FLAGS = ["--teacher-dims", "8,12", "--kd-logit-scales", "100,50", "--threads", "
 # Two processes (or micro-batches) sum the same products in another order: float32 rounding, which
 # AdamW's normalised update can lift to a small fraction of the learning rate (1e-3) on parameters
 # whose gradient is only rounding noise (attention key biases).
-LOSS_TOLERANCE = 1e-6
+LOSS_TOLERANCE = 1e-5  # relative: a few float32 ulps of a loss near 3 (2e-6 apart seen in a full run)
 WEIGHT_TOLERANCE = 1e-5
 
 
@@ -91,7 +91,7 @@ def _assert_same(a: tuple[list, dict], b: tuple[list, dict]) -> None:
     for terms_a, terms_b in zip(a[0], b[0], strict=True):
         assert terms_a.keys() == terms_b.keys()
         for name in terms_a:
-            assert terms_a[name] == pytest.approx(terms_b[name], abs=LOSS_TOLERANCE), name
+            assert terms_a[name] == pytest.approx(terms_b[name], rel=LOSS_TOLERANCE), name
     for name, tensor in a[1].items():
         assert (tensor - b[1][name]).abs().max() <= WEIGHT_TOLERANCE, name
     moved = create_student("tiny", seed=0).model.state_dict()
