@@ -18,12 +18,10 @@ from pipeline.extend_settings import (
     ExtendSettings,
     read_input_config,
 )
-from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK, launch, report_run, resume_hint
+from pipeline.reinforce import finish_run, launch, resume_hint
 from pipeline.settings import DEFAULT_BATCH_SIZE
-from shards import storage
 from shards.dataset_card import add_license_argument
 from shards.interrupt import exit_on_interrupt
-from shards.run_folder import ERRORS_SUFFIX
 
 EPILOG = """\
 The input is the output folder of a reinforce (or an earlier extend) run: its config.json says the
@@ -128,17 +126,8 @@ def _extend(args: argparse.Namespace, beam_args: list[str]) -> int:
     )
     if outcome is None:
         return code
-    summary = report_run(outcome, args.output)
-    if summary.num_written == 0:
-        print("error: no sample could be extended; see the *_errors.jsonl files for why", file=sys.stderr)
-        return EXIT_NOTHING_DONE
-    if summary.missing_shards:
-        print(f"{len(summary.missing_shards)} shard(s) could not be read; run the same command again")
-    if summary.num_skipped or summary.shard_errors:
-        where = storage.join(args.output, "*" + ERRORS_SUFFIX)
-        print(f"{summary.num_skipped} sample(s) skipped; each is listed with its reason in {where}")
-    print(f"output: {args.output} (config.json lists what was extended)")
-    return EXIT_OK
+    closing = f"output: {args.output} (config.json lists what was extended)"
+    return finish_run(outcome, args.output, "extended", closing)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,23 @@ def report_run(outcome: Any, output: str) -> Any:
     return outcome.summary
 
 
+def finish_run(outcome: Any, output: str, verb: str, closing: str) -> int:
+    """Every shard job's last words and exit code: the report, then a run that wrote nothing, shards
+    to retry, skipped samples and where the output is (`closing`)."""
+    summary = report_run(outcome, output)
+    if summary.num_written == 0:
+        print(f"error: no sample could be {verb}; see the *_errors.jsonl files for why", file=sys.stderr)
+        return EXIT_NOTHING_DONE
+    if summary.missing_shards:
+        missing = len(summary.missing_shards)
+        print(f"{missing} shard(s) could not be read; run the same command again to retry them")
+    if summary.num_skipped or summary.shard_errors:
+        where = storage.join(output, "*" + ERRORS_SUFFIX)
+        print(f"{summary.num_skipped} sample(s) skipped; each is listed with its reason in {where}")
+    print(closing)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -141,18 +158,12 @@ def _reinforce(args: Any, beam_args: list[str]) -> int:
     outcome, code = launch(start, args.output)
     if outcome is None:
         return code
-    summary = report_run(outcome, args.output)
-    if summary.num_written == 0:
-        print("error: no sample could be processed; see the *_errors.jsonl files for why", file=sys.stderr)
-        return EXIT_NOTHING_DONE
-    if summary.missing_shards:
-        missing = len(summary.missing_shards)
-        print(f"{missing} shard(s) could not be read; run the same command again to retry them")
-    if summary.num_skipped or summary.shard_errors:
-        where = storage.join(args.output, "*" + ERRORS_SUFFIX)
-        print(f"{summary.num_skipped} sample(s) skipped; each is listed with its reason in {where}")
-    print(f"output: {args.output} (manifest.jsonl lists the shards, config.json describes them)")
-    return EXIT_OK
+    return finish_run(
+        outcome,
+        args.output,
+        "processed",
+        f"output: {args.output} (manifest.jsonl lists the shards, config.json describes them)",
+    )
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ import sys
 from typing import Any
 
 from pipeline.presets import PRESETS, resolve_preset
-from pipeline.reinforce import EXIT_NOTHING_DONE, EXIT_OK
 from pipeline.score_settings import ScoreSettings
 from pipeline.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS
 from shards import storage
 from shards.run_config import ConfigError
-from shards.run_folder import ERRORS_SUFFIX
 
 EPILOG = """\
 Per input shard NNNNNNNN.tar the output folder gets NNNNNNNN.parquet (one row per scored sample: uid,
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from beam_jobs.score_job import run_score_job
-    from pipeline.reinforce import launch, report_run
+    from pipeline.reinforce import finish_run, launch
 
     def start() -> Any:
         return run_score_job(
@@ -117,17 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     outcome, code = launch(start, args.output)
     if outcome is None:
         return code
-    summary = report_run(outcome, args.output)
-    if summary.num_written == 0:
-        print("error: no sample could be scored; see the *_errors.jsonl files for why", file=sys.stderr)
-        return EXIT_NOTHING_DONE
-    if summary.missing_shards:
-        print(f"{len(summary.missing_shards)} shard(s) could not be read; run the same command again")
-    if summary.num_skipped or summary.shard_errors:
-        where = storage.join(args.output, "*" + ERRORS_SUFFIX)
-        print(f"{summary.num_skipped} sample(s) skipped; each is listed with its reason in {where}")
-    print(f"scores: {storage.join(args.output, '*.parquet')} (config.json names the teachers)")
-    return EXIT_OK
+    closing = f"scores: {storage.join(args.output, '*.parquet')} (config.json names the teachers)"
+    return finish_run(outcome, args.output, "scored", closing)
 
 
 if __name__ == "__main__":

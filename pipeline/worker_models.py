@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,9 @@ from pipeline.score_shard import EvalGeometry, ScoreModels
 from pipeline.settings import ReinforceSettings
 from shards.run_config import augmenter_from_config
 from teachers.devices import device_facts, resolve_device
+
+if TYPE_CHECKING:
+    from teachers.ensemble import TeacherEnsemble
 
 _LOG = logging.getLogger(__name__)
 
@@ -44,6 +47,28 @@ def _device(requested: str, describe_only: bool) -> tuple[torch.device, dict[str
     return device, facts
 
 
+def _load_ensemble(
+    settings: ReinforceSettings | ScoreSettings,
+    device: torch.device,
+    kd_logit_scales: list[float] | None = None,
+) -> TeacherEnsemble:
+    """The run's teachers on `device`, with the micro-batch sizes of the device kind the run asked for
+    (a remote run's launcher, describing on its CPU, records the workers' sizes)."""
+    from teachers.ensemble import CPU_MICRO_BATCHES, CUDA_MICRO_BATCHES, TeacherEnsemble
+
+    kind = run_device_kind(settings.device)
+    on_cuda = kind == "cuda" or (kind == "auto" and device.type == "cuda")
+    images, texts = CUDA_MICRO_BATCHES if on_cuda else CPU_MICRO_BATCHES
+    return TeacherEnsemble.load(
+        list(settings.teachers),
+        precision=settings.precision,
+        device=str(device),
+        kd_logit_scales=kd_logit_scales,
+        micro_batch=images,
+        text_micro_batch=texts,
+    )
+
+
 def load_models(settings: ReinforceSettings, *, describe_only: bool = False) -> ShardModels:
     """Raises teachers' ModelLoadError, with a message saying what to do, when a spec cannot load.
 
@@ -51,22 +76,11 @@ def load_models(settings: ReinforceSettings, *, describe_only: bool = False) -> 
     the micro-batch sizes of the device the workers will use, so config.json records theirs.
     """
     from teachers.captioner import Captioner
-    from teachers.ensemble import CPU_MICRO_BATCHES, CUDA_MICRO_BATCHES, TeacherEnsemble
     from transforms import DATACOMPDR_AUGMENTATION, ViewAugmenter
 
     start = time.monotonic()
     device, facts = _device(settings.device, describe_only)
-    kind = run_device_kind(settings.device)
-    on_cuda = kind == "cuda" or (kind == "auto" and device.type == "cuda")
-    images, texts = CUDA_MICRO_BATCHES if on_cuda else CPU_MICRO_BATCHES
-    ensemble = TeacherEnsemble.load(
-        list(settings.teachers),
-        precision=settings.precision,
-        device=str(device),
-        kd_logit_scales=list(settings.kd_logit_scales),
-        micro_batch=images,
-        text_micro_batch=texts,
-    )
+    ensemble = _load_ensemble(settings, device, list(settings.kd_logit_scales))
     captioner = Captioner.load(settings.captioner, precision=settings.precision, device=str(device))
     _LOG.info("models loaded in process %d on %s in %.1f s", os.getpid(), device, time.monotonic() - start)
     return ShardModels(
@@ -107,19 +121,11 @@ def load_extend_models(settings: ExtendSettings, *, describe_only: bool = False)
 def load_score_models(settings: ScoreSettings, *, describe_only: bool = False) -> ScoreModels:
     """The teachers as the reinforce job loads them (same device rules and micro-batch sizes), and
     each one alone, for its own evaluation views."""
-    from teachers.ensemble import CPU_MICRO_BATCHES, CUDA_MICRO_BATCHES, TeacherEnsemble
+    from teachers.ensemble import TeacherEnsemble
 
     device, facts = _device(settings.device, describe_only)
-    kind = run_device_kind(settings.device)
-    on_cuda = kind == "cuda" or (kind == "auto" and device.type == "cuda")
-    images, texts = CUDA_MICRO_BATCHES if on_cuda else CPU_MICRO_BATCHES
-    ensemble = TeacherEnsemble.load(
-        list(settings.teachers),
-        precision=settings.precision,
-        device=str(device),
-        micro_batch=images,
-        text_micro_batch=texts,
-    )
+    ensemble = _load_ensemble(settings, device)
+    images, texts = ensemble.micro_batch, ensemble.text_micro_batch
     alone = [
         TeacherEnsemble([teacher], [scale], micro_batch=images, text_micro_batch=texts)
         for teacher, scale in zip(ensemble.teachers, ensemble.kd_logit_scales, strict=True)
