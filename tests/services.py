@@ -159,6 +159,18 @@ def kill_after_launch(command: list[str], out: Path, delay: float) -> bool:
         stop(job, signal.SIGKILL)
 
 
+def kill_after_first_commit(command: list[str], out: Path) -> None:
+    """Start a job in its own session and SIGKILL the whole session as soon as its first shard is
+    committed (a stats file exists in `out`), or after 240 s."""
+    job = start(command, out.parent / f"{out.name}.killed.log")
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("*_stats.json")) and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.02)
+    finally:
+        stop(job, signal.SIGKILL)
+
+
 def run_losing_a_dask_worker(command: list[str], out: Path, cluster: SimpleNamespace, folder: Path) -> None:
     """Run a job on the cluster and SIGKILL a worker inside a shard. The job must then finish on the
     survivor, or stop with at most two lines (no traceback), after which the same command with a new

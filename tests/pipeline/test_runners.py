@@ -7,18 +7,21 @@ Services (job server, worker pool, Dask, S3) run on 127.0.0.1, started and stopp
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.reinforce import main
-from tests.services import VENV_BIN, dask_scheduler, dask_worker, free_port, service, stop
+from tests.services import (
+    VENV_BIN,
+    dask_scheduler,
+    dask_worker,
+    free_port,
+    kill_after_first_commit,
+    service,
+    stop,
+)
 
 pytestmark = pytest.mark.slow  # separate services and processes: minutes, not seconds
 
@@ -113,17 +116,7 @@ def test_s3_in_and_out(tmp_path, job_input, reference_run, job):
 def test_a_killed_run_resumes_with_only_unfinished_shards(tmp_path, job_input, reference_run, job):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "pipeline.reinforce", *job.args(job_input[0], out)]
-    killed = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd()
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not list(out.glob("*_stats.json")) and time.monotonic() < deadline and killed.poll() is None:
-            time.sleep(0.02)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait()
+    kill_after_first_commit(command, out)
     committed = {p.name: p.read_bytes() for p in out.glob("*_stats.json")}
     assert 1 <= len(committed) < 4, "the run should have been killed after its first shard"
     reference = job.files(reference_run)

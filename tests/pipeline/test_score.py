@@ -6,14 +6,9 @@ an empty shard) and tiny teachers; the selection runs are compared with the unfi
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +23,7 @@ from pipeline.reinforce import main as reinforce_main
 from pipeline.score import main as score_main
 from shards.raw import RawSample, iter_raw_shard
 from shards.reinforced import iter_members, iter_shard
+from tests.services import kill_after_first_commit
 from transforms import decode_image
 
 SHARDS = ("00000000", "00000001", "00000002", "00000003")
@@ -258,17 +254,7 @@ def test_a_killed_score_run_resumes_with_only_unfinished_shards(
     assert score_main(score_args(raw, whole, tiny_checkpoints)) == 0
     out = tmp_path / "out"
     command = [sys.executable, "-m", "pipeline.score", *score_args(raw, out, tiny_checkpoints)]
-    killed = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd()
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not list(out.glob("*_stats.json")) and time.monotonic() < deadline and killed.poll() is None:
-            time.sleep(0.02)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait()
+    kill_after_first_commit(command, out)
     committed = {p.name: p.read_bytes() for p in out.glob("*_stats.json")}
     assert 1 <= len(committed) < 8, "the run should have been killed after its first shard"
     reference = job.files(whole)
