@@ -1,21 +1,26 @@
 """Does reinforced data teach faster? A miniature of MobileCLIP's learning-efficiency ablation.
 
-    python -m experiments.learning_efficiency [--quick] [--out DIR] [--seed N]
+    python -m experiments.learning_efficiency [--quick] [--out DIR] [--seed N] [--teacher-cache DIR]
 
-End to end through our own code: a seeded shape world written as raw img2dataset shards
-(`experiments.world`); two CLIP teachers and a CoCa captioner trained on its clean split with
-`trainer.train --mode plain|coca`; its noisy web split reinforced by `python -m pipeline.reinforce`;
-then the same student trained for the same steps on (a) the raw web split, plain CLIP loss;
-(b) the reinforced split, full loss; (c) KD with original captions only; (d) synthetic captions
-only, λ = 0; and two negative controls, (e) image embeddings shuffled across samples and (f) view
-rows permuted within each sample (`experiments.controls`). Every arm is evaluated on the test split
-every few steps. DIR gets the runs, `curves.png`, `table.md` and `results.json`; the last line
-printed is the results as one JSON object.
+End to end through our own code, in the paper's setting: a seeded shape world written as raw
+img2dataset shards (`experiments.world`); two CLIP teachers and a CoCa captioner that know far more
+than the student (ten times its compute, on a clean split ten times its web split; trained once with
+`trainer.train --mode plain|coca` and cached by `experiments.teacher_cache`); the noisy web split
+reinforced by `python -m pipeline.reinforce`; the preconditions (each teacher's zero-shot top-1, the
+captioner's accuracy on the web images) checked and printed before any student trains, the run
+stopping with exit 3 if one fails; then the same student trained for the same steps on (a) the raw
+web split, plain CLIP loss; (b) the reinforced split, full loss; (c) KD with original captions only;
+(d) synthetic captions only, λ = 0; (g) the full loss with KD from the better teacher alone; and two
+negative controls, (e) image embeddings shuffled across samples and (f) view rows permuted within
+each sample (`experiments.controls`). Every arm is evaluated on the test split every few steps. DIR
+gets the runs, `curves.png`, `table.md` and `results.json`; the last line printed is the results as
+one JSON object.
 
 Re-running the same command on the same DIR resumes: the world is rewritten byte for byte, finished
 training runs and reinforced shards are kept (the trainer and the job resume), the rest is done.
-`seconds` is the time of this invocation. DIR must be new, empty or one of this experiment's
-(`experiment.json` says which profile and seed it holds): it is never written over otherwise.
+`seconds` is the time of this invocation, without the teachers' training (`setting` says how long
+that took). DIR must be new, empty or one of this experiment's (`experiment.json` says which profile
+and seed it holds): it is never written over otherwise.
 """
 
 from __future__ import annotations
@@ -23,37 +28,36 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
-import multiprocessing
-import os
-import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from experiments.controls import write_control
+from experiments.controls import CONTROLS, write_control
 from experiments.models import CAPTIONER, STUDENT, TEACHERS, write_initial
-from experiments.world import CLASSNAMES, build_world, names_every_object, split_pattern
+from experiments.teacher_cache import DEFAULT_CACHE, TEACHER_BUDGET, TeacherSet, key_of, teacher_set
+from experiments.training import train_side_by_side
+from experiments.world import CLASSNAMES, build_world, definition, names_every_object, split_pattern
 from shards import storage
 from shards.interrupt import exit_on_interrupt
 from shards.reinforced import ShardFormatError, iter_shard
 from shards.write_guard import OutputRefused, check_output_folder
 from trainer import train as trainer
-from trainer.checkpoint import step_dir
+from trainer.evaluate import evaluate_on
 from trainer.plot import read_log
+from trainer.students import create_student
 
-ARMS = ("plain", "reinforced", "kd_only", "syn_only", "shuffled", "permuted")
+ARMS = ("plain", "reinforced", "kd_only", "syn_only", "single", "shuffled", "permuted")
 ARM_LABELS = {
     "plain": "(a) plain CLIP on web alt-text",
     "reinforced": "(b) reinforced, full loss",
     "kd_only": "(c) KD, original captions only",
     "syn_only": "(d) synthetic captions only, λ=0",
+    "single": "(g) full loss, KD from the better teacher alone",
     "shuffled": "(e) control: image embeddings shuffled",
     "permuted": "(f) control: view rows permuted",
 }
@@ -61,148 +65,86 @@ ARM_LABELS = {
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
-    clean: int  # teacher training images
     web: int  # student training images (reinforced)
     test: int  # held-out images, one object each
-    teacher_steps: int
-    captioner_steps: int
-    captioner_batch_size: int  # the captioner's vocabulary-wide output layer makes its steps costly
     student_steps: int
     batch_size: int
     eval_every: int
     num_views: int
     num_captions: int
+    # Preconditions, checked before any student trains: the setting must be the paper's.
+    min_teacher_top1: float  # each CLIP teacher's zero-shot top-1 on this run's test split
+    min_caption_accuracy: float  # share of synthetic captions naming every object of the web image
 
 
 FULL = Profile(
-    clean=10_000,
     web=4_000,
     test=600,
-    teacher_steps=400,
-    captioner_steps=400,
-    captioner_batch_size=32,
-    student_steps=300,
+    student_steps=200,
     batch_size=128,
-    eval_every=25,
+    eval_every=20,
     num_views=4,
     num_captions=3,
+    min_teacher_top1=0.6,
+    min_caption_accuracy=0.5,
 )
-QUICK = Profile(
-    clean=3_000,
-    web=1_000,
-    test=300,
-    teacher_steps=120,
-    captioner_steps=80,
-    captioner_batch_size=32,
-    student_steps=100,
-    batch_size=64,
-    eval_every=20,
-    num_views=2,
-    num_captions=2,
+# The same teachers (cached, or shipped with the repository), a quarter of the web split, a quarter of
+# the student's steps at half the batch: minutes, for CI. Its preconditions are the full profile's.
+QUICK = dataclasses.replace(
+    FULL, web=1_000, test=300, student_steps=100, batch_size=64, eval_every=20, num_views=2, num_captions=2
 )
-LEARNING_RATE = 2e-3  # tiny models from scratch; the same for every CLIP run
-# The captioner's 49,408-way output layer learns the world's few dozen words too slowly at 2e-3: at
-# 30 steps its captions were random words from the whole vocabulary; 5e-3 learns the language in
-# about 60 steps (1e-2 as fast; higher is unstable for the CLIPs, 5e-3 already worse for them).
-CAPTIONER_LEARNING_RATE = 5e-3
 MARKER_FILE = "experiment.json"  # what DIR holds: this experiment, its profile and seed
 
 
-def _train(
-    data: str,
-    model: str,
-    output: Path,
-    steps: int,
-    batch_size: int,
-    seed: int,
-    *extra: str,
-    lr: float = LEARNING_RATE,
-) -> dict:
-    """One `python -m trainer.train` run (same flags a user would type) on one core: one thread, data
-    decoded in the step's process, so that runs side by side do not fight over cores. Its lines are
-    labelled with the run's name (the arm or teacher): runs side by side share one terminal."""
-    argv = [
-        "--data", data, "--model", model, "--output", str(output), "--steps", str(steps),
-        "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed),
-        "--workers", "0", "--threads", "1", "--checkpoint-every", str(steps), "--keep-checkpoints", "1",
-        "--log-every", str(max(1, steps // 4)), *extra,
-    ]  # fmt: skip
-    with contextlib.redirect_stderr(_Labelled(sys.stderr, output.name)):
-        return trainer.train(trainer.parse_args(argv))
-
-
-class _Labelled(io.TextIOBase):
-    """A text stream that starts every line with `[label] `."""
-
-    def __init__(self, stream: Any, label: str) -> None:
-        self._stream, self._label, self._line_start = stream, f"[{label}] ", True
-
-    def write(self, text: str) -> int:
-        for part in text.splitlines(keepends=True):
-            self._stream.write(self._label + part if self._line_start else part)
-            self._line_start = part.endswith("\n")
-        self._stream.flush()
-        return len(text)
-
-
-def _ignore_ctrl_c() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the experiment's own process stops its runs
-
-
-def _train_side_by_side(runs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]]) -> dict[str, dict]:
-    """Independent training runs (name -> `_train` arguments), one process per core: each run is
-    seeded and single-threaded, so its figures do not depend on what runs beside it."""
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=max(1, os.cpu_count() or 1), mp_context=context, initializer=_ignore_ctrl_c
-    )
-    try:
-        futures = {name: pool.submit(_train, *args, **kwargs) for name, (args, kwargs) in runs.items()}
-        return {name: future.result() for name, future in futures.items()}
-    finally:  # on Ctrl-C, waiting for the runs would take minutes: exit_on_interrupt ends them
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _final_checkpoint(run: Path, steps: int) -> str:
-    return f"local-dir:{Path(step_dir(str(run), steps)).resolve()}"
+class PreconditionFailed(Exception):
+    """The setting is not the paper's (weak teachers or captioner): no student is trained."""
 
 
 def _evals(run: Path) -> list[dict[str, Any]]:
     return read_log(str(run / trainer.EVAL_FILE))
 
 
-def train_teachers(out: Path, profile: Profile, seed: int) -> dict[str, Any]:
-    clean, test = split_pattern(out / "world", "clean"), split_pattern(out / "world", "test")
-    names = (*TEACHERS, CAPTIONER)
-    steps = {name: profile.captioner_steps if name == CAPTIONER else profile.teacher_steps for name in names}
-    runs = {}
-    for name in (CAPTIONER, *TEACHERS):  # the longest run first, beside the others
-        initial = write_initial(name, out / "initial" / name, seed=1000 * seed + names.index(name))
-        if name == CAPTIONER:
-            mode, batch_size, lr = "coca", profile.captioner_batch_size, CAPTIONER_LEARNING_RATE
-        else:
-            mode, batch_size, lr = "plain", profile.batch_size, LEARNING_RATE
-        flags = ("--mode", mode, "--eval-data", test)
-        run = out / "teachers" / name
-        runs[name] = ((clean, initial, run, steps[name], batch_size, seed, *flags), {"lr": lr})
-    teachers: dict[str, Any] = {}
-    summaries = _train_side_by_side(runs)
-    for name in names:
-        summary = summaries[name]
-        spec = _final_checkpoint(out / "teachers" / name, steps[name])
-        teachers[name] = {"spec": spec, "eval": summary["eval"]}
-        print(f"{name}: zero-shot top-1 {summary['eval']['zeroshot_top1']:.3f}", file=sys.stderr)
-    return teachers
+def evaluate_teachers(teachers: TeacherSet, test: str) -> dict[str, dict[str, Any]]:
+    """Each model of the set on this run's test split, as a student is evaluated (the captioner by its
+    contrastive towers)."""
+    return {name: evaluate_on(create_student(spec), [test]) for name, spec in teachers.specs.items()}
 
 
-def reinforce(out: Path, teachers: dict[str, Any], profile: Profile, seed: int) -> Path:
+def check_preconditions(
+    profile: Profile, evals: dict[str, dict[str, Any]], captions: dict[str, float]
+) -> list[str]:
+    """One line per precondition; PreconditionFailed (naming every failure) when one is not met."""
+    checks = [
+        (
+            f"{name} zero-shot top-1 {evals[name]['zeroshot_top1']:.3f} >= {profile.min_teacher_top1}",
+            evals[name]["zeroshot_top1"] >= profile.min_teacher_top1,
+        )
+        for name in TEACHERS
+    ]
+    checks.append(
+        (
+            f"{CAPTIONER}'s captions name every object of the web image: {captions['synthetic']:.1%} >= "
+            f"{profile.min_caption_accuracy:.0%} (the web alt-text: {captions['original']:.1%})",
+            captions["synthetic"] >= profile.min_caption_accuracy,
+        )
+    )
+    lines = [f"{'ok  ' if met else 'FAIL'} {text}" for text, met in checks]
+    failed = [text for text, met in checks if not met]
+    if failed:
+        raise PreconditionFailed(
+            "the setting is not the paper's, so no student was trained: not met: " + "; ".join(failed)
+        )
+    return lines
+
+
+def reinforce(out: Path, teachers: TeacherSet, profile: Profile, seed: int) -> Path:
     """The real job, as a user runs it."""
     folder = out / "reinforced"
     command = [
         sys.executable, "-m", "pipeline.reinforce", "--input", split_pattern(out / "world", "web"),
         "--output", str(folder), "--preset", "tiny",
-        "--teachers", ",".join(teachers[name]["spec"] for name in TEACHERS),
-        "--captioner", teachers[CAPTIONER]["spec"],
+        "--teachers", ",".join(teachers.specs[name] for name in TEACHERS),
+        "--captioner", teachers.specs[CAPTIONER],
         "--num-views", str(profile.num_views), "--num-captions", str(profile.num_captions),
         "--seed", str(seed), "--no-progress", "--runner", "DirectRunner", "--model_threads", "1",
     ]  # fmt: skip
@@ -227,15 +169,17 @@ def caption_accuracy(reinforced: Path) -> dict[str, float]:
     return {family: hits[family] / max(1, totals[family]) for family in hits}
 
 
-def train_arms(out: Path, reinforced: Path, profile: Profile, seed: int) -> dict[str, Path]:
+def train_arms(out: Path, reinforced: Path, profile: Profile, seed: int, single: str) -> dict[str, Path]:
+    """Every arm from the same initial student for the same steps; `single` is the teacher of arm (g)."""
     web, test = split_pattern(out / "world", "web"), split_pattern(out / "world", "test")
-    for control in ("shuffled", "permuted"):
+    for control in CONTROLS:
         write_control(str(reinforced), str(out / "controls" / control), control, seed=seed)
     data = {
         "plain": (web, "--mode", "plain"),
         "reinforced": (str(reinforced / "*.tar"),),
         "kd_only": (str(reinforced / "*.tar"), "--families", "original", "--lambda", "1.0"),
         "syn_only": (str(reinforced / "*.tar"), "--families", "synthetic", "--lambda", "0.0"),
+        "single": (str(reinforced / "*.tar"), "--distil-from", str(TEACHERS.index(single))),
         "shuffled": (str(out / "controls" / "shuffled" / "*.tar"),),
         "permuted": (str(out / "controls" / "permuted" / "*.tar"),),
     }
@@ -249,7 +193,7 @@ def train_arms(out: Path, reinforced: Path, profile: Profile, seed: int) -> dict
             (pattern, student, folders[arm], profile.student_steps, profile.batch_size, seed, *extra),
             {},
         )
-    for arm, summary in _train_side_by_side(runs).items():
+    for arm, summary in train_side_by_side(runs).items():
         print(f"{arm}: zero-shot top-1 {summary['eval']['zeroshot_top1']:.3f}", file=sys.stderr)
     return folders
 
@@ -260,7 +204,7 @@ def steps_to_reach(evals: list[dict[str, Any]], target: float) -> int | None:
 
 
 def summarize(
-    teachers: dict[str, Any], runs: dict[str, Path], profile: Profile, seconds: float
+    teacher_evals: dict[str, dict[str, Any]], runs: dict[str, Path], profile: Profile
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     curves = {arm: _evals(run) for arm, run in runs.items()}
     plain_final = curves["plain"][-1]["zeroshot_top1"]
@@ -278,14 +222,13 @@ def summarize(
         )
     reached = steps_to_reach(curves["reinforced"], plain_final)
     results: dict[str, Any] = {
-        "teacher_top1": {name: t["eval"]["zeroshot_top1"] for name, t in teachers.items()},
+        "teacher_top1": {name: e["zeroshot_top1"] for name, e in teacher_evals.items()},
         **{f"{row['arm']}_top1": row["top1"] for row in rows},
         "steps_ratio": 1.0 if reached is None else reached / profile.student_steps,
         "student_steps": profile.student_steps,
         "eval_every": profile.eval_every,
         "retrieval_r1": {row["arm"]: {"i2t": row["i2t_r1"], "t2i": row["t2i_r1"]} for row in rows},
         "curves": {arm: [(e["step"], e["zeroshot_top1"]) for e in evals] for arm, evals in curves.items()},
-        "seconds": round(seconds, 1),
     }
     return results, rows
 
@@ -312,7 +255,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
     for arm in ARMS:
         steps, top1 = zip(*results["curves"][arm], strict=True)
-        style = "--" if arm in ("shuffled", "permuted") else "-"
+        style = "--" if arm in CONTROLS else "-"
         axes.plot(steps, top1, style, marker="o", markersize=3, linewidth=1.5, label=ARM_LABELS[arm])
     last_step = max(step for curve in results["curves"].values() for step, _ in curve)
     for name, top1 in results["teacher_top1"].items():
@@ -336,19 +279,48 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def run(profile: Profile, out: Path, seed: int) -> dict[str, Any]:
+def setting(profile: Profile, teachers: TeacherSet) -> dict[str, Any]:
+    """What the run is, stated before any student trains: the world and what the teachers got."""
+    budget = teachers.record["budget"]
+    student_samples = profile.student_steps * profile.batch_size
+    return {
+        "world": definition(),
+        "teachers": teachers.key,
+        "teacher_budget": budget,
+        "teacher_compute_x_student": round(budget["steps"] * budget["batch_size"] / student_samples, 1),
+        "clean_x_web": round(budget["clean"] / profile.web, 1),
+        "teacher_train_seconds": teachers.train_seconds,
+    }
+
+
+def run(profile: Profile, out: Path, seed: int, cache: Path) -> dict[str, Any]:
     began = time.perf_counter()
-    sizes = {"clean": profile.clean, "web": profile.web, "test": profile.test}
-    world = build_world(out / "world", sizes, seed=seed)
+    world = build_world(out / "world", {"web": profile.web, "test": profile.test}, seed=seed)
     print(f"world: {json.dumps(world)}", file=sys.stderr)
-    teachers = train_teachers(out, profile, seed)
+    teachers, how = teacher_set(cache, TEACHER_BUDGET)
+    stated = setting(profile, teachers)
+    print(
+        f"teachers {teachers.key}: {how} (training took {teachers.train_seconds / 60:.1f} min); each "
+        f"CLIP teacher had {stated['teacher_compute_x_student']}x the student's steps x batch, on a "
+        f"clean split {stated['clean_x_web']}x the web split",
+        file=sys.stderr,
+    )
+    teacher_evals = evaluate_teachers(teachers, split_pattern(out / "world", "test"))
     reinforced = reinforce(out, teachers, profile, seed)
     captions = caption_accuracy(reinforced)
-    print(f"captions naming every object: {json.dumps(captions)}", file=sys.stderr)
-    runs = train_arms(out, reinforced, profile, seed)
-    results, rows = summarize(teachers, runs, profile, time.perf_counter() - began)
-    results["web_caption_kinds"] = world["web"]["caption_kinds"]
-    results["caption_accuracy"] = captions
+    for line in check_preconditions(profile, teacher_evals, captions):
+        print(f"precondition {line}", file=sys.stderr)
+    single = max(TEACHERS, key=lambda name: teacher_evals[name]["zeroshot_top1"])
+    runs = train_arms(out, reinforced, profile, seed, single)
+    results, rows = summarize(teacher_evals, runs, profile)
+    results.update(
+        setting=stated,
+        teachers_from=how,
+        single_teacher=single,
+        web_caption_kinds=world["web"]["caption_kinds"],
+        caption_accuracy=captions,
+        seconds=round(time.perf_counter() - began - (teachers.train_seconds if how == "trained" else 0), 1),
+    )
     (out / "table.md").write_text(table(rows, profile))
     plot(results, out / "curves.png")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -357,11 +329,16 @@ def run(profile: Profile, out: Path, seed: int) -> dict[str, Any]:
 
 
 def _marker(profile: Profile, seed: int) -> dict[str, Any]:
-    return {"experiment": "learning_efficiency", "profile": dataclasses.asdict(profile), "seed": seed}
+    return {
+        "experiment": "learning_efficiency",
+        "profile": dataclasses.asdict(profile),
+        "seed": seed,
+        "teachers": key_of(TEACHER_BUDGET),  # reinforced data kept for a resume must be of these teachers
+    }
 
 
 def check_out(out: Path, profile: Profile, seed: int) -> None:
-    """DIR is new, empty or this experiment's with the same profile and seed (OutputRefused otherwise)."""
+    """DIR is new, empty or this experiment's, same profile, seed and teachers (else OutputRefused)."""
 
     def ours(folder: str) -> bool:
         for name, key in ((MARKER_FILE, "experiment"), ("results.json", "steps_ratio")):  # and older DIRs
@@ -373,7 +350,9 @@ def check_out(out: Path, profile: Profile, seed: int) -> None:
     check_output_folder(str(out), "--out", ours, "a learning-efficiency folder (no experiment.json)")
     marker = out / MARKER_FILE
     if marker.is_file() and json.loads(marker.read_text()) != _marker(profile, seed):
-        raise OutputRefused(f"--out {out} holds a run with another profile or seed; name a new folder")
+        raise OutputRefused(
+            f"--out {out} holds a run with another profile, seed or teacher set; name a new folder"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -381,7 +360,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a small world and short runs (minutes)")
     parser.add_argument("--out", type=Path, default=None, help="default: out/learning_efficiency[_quick]")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seeds the world, the initial weights and the runs"
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the web and test splits, the student's initial weights and the runs (the teachers "
+        "are one set for every seed)",
+    )
+    parser.add_argument(
+        "--teacher-cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="trained teacher sets, by key (default: %(default)s); a missing set is unpacked from the "
+        "shipped ones or trained once (about an hour)",
     )
     args = parser.parse_args(argv)
     out = args.out or Path("out") / ("learning_efficiency_quick" if args.quick else "learning_efficiency")
@@ -394,7 +384,10 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER_FILE).write_text(json.dumps(_marker(profile, args.seed), indent=2) + "\n")
         torch.set_num_threads(2)
-        results = run(profile, out, args.seed)
+        try:
+            results = run(profile, out, args.seed, args.teacher_cache)
+        except PreconditionFailed as error:
+            parser.exit(3, f"error: {error}\n")
     print(json.dumps({k: v for k, v in results.items() if k != "curves"}))
 
 

@@ -32,6 +32,9 @@ from PIL import Image, ImageDraw
 from shards import storage
 from shards.raw import SUCCESS, write_raw_shard
 
+# 2: objects large enough to tell apart at 64 px (radius 10 / 15 px on a 2x2 grid, up to two per
+# picture; was 7 / 12 px on 3x3, up to three), accurate captions of varying detail.
+WORLD_VERSION = 2
 IMAGE_SIZE = 64
 _SUPERSAMPLE = 2  # drawn at 2x and box-filtered down: smooth edges, as a photo would have
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -43,16 +46,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (135, 55, 185),
     "orange": (245, 135, 25),
 }
-SIZES = {"small": 7.0, "large": 12.0}  # radius in px at 64 px
-POSITIONS = (
-    ("top left", "top", "top right"),
-    ("left", "center", "right"),
-    ("bottom left", "bottom", "bottom right"),
-)
+SIZES = {"small": 10.0, "large": 15.0}  # radius in px at 64 px
+POSITIONS = (("top left", "top right"), ("bottom left", "bottom right"))
+MAX_OBJECTS = 2
 BACKGROUNDS = ("noisy", "striped", "checkered", "dotted")
 CLASSNAMES = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
 # Class prompts in the words the captions use (there are no "photos" in this world).
-TEMPLATES = ("{c}", "small {c}", "large {c}", "{c} center")
+TEMPLATES = ("{c}", "small {c}", "large {c}", "{c} top left")
 CLASSNAMES_FILE = "classnames.txt"
 TEMPLATES_FILE = "zeroshot_classification_templates.txt"
 
@@ -87,8 +87,9 @@ class Thing:
     def position(self) -> str:
         return POSITIONS[self.row][self.column]
 
-    def phrase(self) -> str:
-        return f"{self.size} {self.colour} {self.shape} {self.position}"
+    def phrase(self, size: bool = True, position: bool = True) -> str:
+        words = [self.size] * size + [self.colour, self.shape] + [self.position] * position
+        return " ".join(words)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,21 +103,25 @@ class Scene:
         first = self.things[0]
         return CLASSNAMES.index(f"{first.colour} {first.shape}")
 
-    def caption(self) -> str:
-        phrases = [t.phrase() for t in self.things]
+    def caption(self, rng: np.random.Generator | None = None) -> str:
+        """Everything about the scene; with `rng`, an accurate caption of varying detail, as people
+        write them: every object by colour and shape, but its size, its position and the background
+        each only half the time (so that "red circle" alone means something)."""
+        detail = (lambda: True) if rng is None else (lambda: bool(rng.random() < 0.5))
+        phrases = [t.phrase(size=detail(), position=detail()) for t in self.things]
         listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-        return f"{listed} on {self.background} background"
+        return f"{listed} on {self.background} background" if detail() else listed
 
 
 def draw_scene(rng: np.random.Generator, objects: int) -> Scene:
-    cells = rng.choice(9, size=objects, replace=False)
+    cells = rng.choice(len(POSITIONS) ** 2, size=objects, replace=False)
     things = tuple(
         Thing(
             shape=SHAPES[int(rng.integers(len(SHAPES)))],
             colour=list(COLOURS)[int(rng.integers(len(COLOURS)))],
             size=list(SIZES)[int(rng.integers(len(SIZES)))],
-            row=int(cell) // 3,
-            column=int(cell) % 3,
+            row=int(cell) // len(POSITIONS),
+            column=int(cell) % len(POSITIONS),
         )
         for cell in cells
     )
@@ -182,7 +187,7 @@ def render(scene: Scene, rng: np.random.Generator) -> bytes:
     side = IMAGE_SIZE * _SUPERSAMPLE
     image = Image.fromarray(_texture(rng, scene.background, side).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    cell = side / 3
+    cell = side / len(POSITIONS)
     for thing in scene.things:
         r = SIZES[thing.size] * _SUPERSAMPLE * rng.uniform(0.9, 1.1)
         jitter = cell / 2 - r if r < cell / 2 else 0.0
@@ -209,7 +214,7 @@ def web_caption(scene: Scene, other: Scene, rng: np.random.Generator) -> tuple[s
     kinds, shares = zip(*WEB_CAPTION_KINDS, strict=True)
     kind = kinds[int(rng.choice(len(kinds), p=shares))]
     if kind == "accurate":
-        return kind, scene.caption()
+        return kind, scene.caption(rng)
     if kind == "partial":
         thing = scene.things[int(rng.integers(len(scene.things)))]
         words = {
@@ -219,20 +224,20 @@ def web_caption(scene: Scene, other: Scene, rng: np.random.Generator) -> tuple[s
             3: f"{thing.size} {thing.shape}",
         }[int(rng.integers(4))]
         return kind, f"{words} | {_junk(rng)}" if rng.random() < 0.5 else words
-    return kind, other.caption() if rng.random() < 0.5 else _junk(rng)
+    return kind, other.caption(rng) if rng.random() < 0.5 else _junk(rng)
 
 
 def _sample(split: str, index: int, seed: int) -> tuple[Scene, dict[str, Any], bytes]:
     rng = np.random.Generator(np.random.PCG64([seed, _SEEDS[split], index]))
-    objects = 1 if split == "test" else int(rng.integers(1, 4))
+    objects = 1 if split == "test" else int(rng.integers(1, MAX_OBJECTS + 1))
     scene = draw_scene(rng, objects)
     image = render(scene, rng)
     extra: dict[str, Any] = {}
     if split == "web":
-        kind, caption = web_caption(scene, draw_scene(rng, int(rng.integers(1, 4))), rng)
+        kind, caption = web_caption(scene, draw_scene(rng, int(rng.integers(1, MAX_OBJECTS + 1))), rng)
         extra["caption_kind"] = kind
-    else:
-        caption = scene.caption()
+    else:  # the test split's captions say everything: retrieval must tell every detail apart
+        caption = scene.caption(rng if split == "clean" else None)
     return scene, {"caption": caption, **extra}, image
 
 
@@ -308,6 +313,23 @@ def build_world(out: str | Path, sizes: dict[str, int], seed: int = 0) -> dict[s
         Path(folder).mkdir(parents=True, exist_ok=True)
         summary[split] = write_split(folder, split, samples, seed)
     return summary
+
+
+def definition() -> dict[str, Any]:
+    """Everything that defines the world's pictures and captions (with the version of their code): the
+    teachers' cache key, and the setting a run states."""
+    return {
+        "version": WORLD_VERSION,
+        "image_size": IMAGE_SIZE,
+        "shapes": SHAPES,
+        "colours": COLOURS,
+        "sizes": SIZES,
+        "positions": POSITIONS,
+        "max_objects": MAX_OBJECTS,
+        "backgrounds": BACKGROUNDS,
+        "web_caption_kinds": WEB_CAPTION_KINDS,
+        "classes": len(CLASSNAMES),
+    }
 
 
 def names_every_object(caption: str, scene: dict[str, Any]) -> bool:

@@ -200,6 +200,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--kd-logit-scales", type=_floats, default=None, help="e.g. 100,100; overrides the config")
     p.add_argument(
+        "--distil-from",
+        type=_indices,
+        default=None,
+        help="KD from these teachers only, by position in the config's teacher list (e.g. 0; default: "
+        "the whole ensemble): the single-teacher ablation",
+    )
+    p.add_argument(
         "--caption-families",
         type=parse_caption_families,
         default=None,
@@ -291,6 +298,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    try:
+        indices = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        indices = ()
+    if not indices or min(indices) < 0 or len(set(indices)) != len(indices):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct teacher positions such as 0 or 0,1, got {text!r}"
+        )
+    return indices
 
 
 def _families(text: str) -> tuple[str, ...]:
@@ -406,6 +425,8 @@ def _objective(
 ) -> tuple[DataSettings | None, Objective, str]:
     """The mode's data settings (reinforced only, checked on a first sample), objective and a description."""
     if args.mode != REINFORCED:
+        if args.distil_from is not None:
+            raise SettingsError(f"--distil-from needs --mode {REINFORCED}: {args.mode} mode has no teachers")
         objective = coca_objective(args.caption_loss_weight) if args.mode == COCA else plain_objective()
         return None, objective, f"raw pairs, RandomResizedCrop scale {list(args.crop_scale)}"
     config_path = args.config or sibling_config(args.data[0])
@@ -418,13 +439,23 @@ def _objective(
         caption_families=args.caption_families,
     )
     probed = probe(shards, settings, student.tokenizer, student.image_size)
+    slices = settings.slices
+    if args.distil_from is not None:
+        if max(args.distil_from) >= len(slices):
+            raise SettingsError(
+                f"--distil-from {','.join(map(str, args.distil_from))}: the data has {len(slices)} teachers "
+                f"(positions 0 to {len(slices) - 1})"
+            )
+        slices = [slices[i] for i in args.distil_from]
     described = (
         f"teachers {list(settings.teacher_dims)} at KD scales {list(settings.kd_logit_scales)} "
         f"(from {settings.source}), loss terms {list(args.families)}, synthetic captions from "
         f"{', '.join(settings.caption_families or ['every family'])}; first sample {probed['key']} has "
         f"{probed['num_views']} views"
     )
-    return settings, reinforced_objective(settings.slices, args.lam, args.families), described
+    if args.distil_from is not None:
+        described += f"; KD from teachers {[s.name for s in slices]} only"
+    return settings, reinforced_objective(slices, args.lam, args.families), described
 
 
 def _stream(

@@ -170,7 +170,10 @@ def test_learning_efficiency_out_is_checked_before_anything_is_written(
     other.mkdir()
     marker = learning_efficiency._marker(learning_efficiency.QUICK, 1)
     (other / learning_efficiency.MARKER_FILE).write_text(json.dumps(marker))
-    refused(call(learning_efficiency.main, capsys, "--quick", "--out", str(other)), "another profile or seed")
+    refused(
+        call(learning_efficiency.main, capsys, "--quick", "--out", str(other)),
+        "another profile, seed or teacher set",
+    )
 
 
 # ---------------------------------------------------------------- item 2: never into the inputs' folder

@@ -20,6 +20,37 @@ from experiments import learning_efficiency
 MARGIN = 0.02
 
 
+def _evals(a: float, b: float) -> dict[str, dict[str, float]]:
+    return {"teacher_a": {"zeroshot_top1": a}, "teacher_b": {"zeroshot_top1": b}}
+
+
+def test_students_train_only_in_the_papers_setting() -> None:
+    full = learning_efficiency.FULL
+    lines = learning_efficiency.check_preconditions(
+        full, _evals(0.8, 0.6), {"original": 0.33, "synthetic": 0.5}
+    )
+    assert len(lines) == 3 and all(line.startswith("ok") for line in lines), lines
+    with pytest.raises(learning_efficiency.PreconditionFailed) as weak:
+        learning_efficiency.check_preconditions(
+            full, _evals(0.8, 0.59), {"original": 0.33, "synthetic": 0.49}
+        )
+    assert "teacher_b zero-shot top-1 0.590" in str(weak.value) and "49.0%" in str(weak.value)
+    assert "teacher_a" not in str(weak.value)
+
+
+def test_a_failed_precondition_ends_the_run_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def weak_teachers(*args: object) -> None:
+        raise learning_efficiency.PreconditionFailed("not met: teacher_a zero-shot top-1 0.100 >= 0.6")
+
+    monkeypatch.setattr(learning_efficiency, "run", weak_teachers)
+    with pytest.raises(SystemExit) as exit_:
+        learning_efficiency.main(["--quick", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 3 and err == ["error: not met: teacher_a zero-shot top-1 0.100 >= 0.6"]
+
+
 @pytest.mark.slow
 def test_quick_run_reinforced_beats_plain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     learning_efficiency.main(["--quick", "--out", str(tmp_path / "run"), "--seed", "0"])
