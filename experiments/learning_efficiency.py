@@ -110,10 +110,10 @@ def evaluate_teachers(teachers: TeacherSet, test: str) -> dict[str, dict[str, An
     return {name: evaluate_on(create_student(spec), [test]) for name, spec in teachers.specs.items()}
 
 
-def check_preconditions(
+def preconditions(
     profile: Profile, evals: dict[str, dict[str, Any]], captions: dict[str, float]
-) -> list[str]:
-    """One line per precondition; PreconditionFailed (naming every failure) when one is not met."""
+) -> tuple[list[str], list[str]]:
+    """One line per precondition, and the preconditions not met."""
     checks = [
         (
             f"{name} zero-shot top-1 {evals[name]['zeroshot_top1']:.3f} >= {profile.min_teacher_top1}",
@@ -129,12 +129,7 @@ def check_preconditions(
         )
     )
     lines = [f"{'ok  ' if met else 'FAIL'} {text}" for text, met in checks]
-    failed = [text for text, met in checks if not met]
-    if failed:
-        raise PreconditionFailed(
-            "the setting is not the paper's, so no student was trained: not met: " + "; ".join(failed)
-        )
-    return lines
+    return lines, [text for text, met in checks if not met]
 
 
 def reinforce(out: Path, teachers: TeacherSet, profile: Profile, seed: int) -> Path:
@@ -308,8 +303,13 @@ def run(profile: Profile, out: Path, seed: int, cache: Path) -> dict[str, Any]:
     teacher_evals = evaluate_teachers(teachers, split_pattern(out / "world", "test"))
     reinforced = reinforce(out, teachers, profile, seed)
     captions = caption_accuracy(reinforced)
-    for line in check_preconditions(profile, teacher_evals, captions):
+    lines, failed = preconditions(profile, teacher_evals, captions)
+    for line in lines:
         print(f"precondition {line}", file=sys.stderr)
+    if failed:
+        raise PreconditionFailed(
+            "the setting is not the paper's, so no student was trained: not met: " + "; ".join(failed)
+        )
     single = max(TEACHERS, key=lambda name: teacher_evals[name]["zeroshot_top1"])
     runs = train_arms(out, reinforced, profile, seed, single)
     results, rows = summarize(teacher_evals, runs, profile)
@@ -319,6 +319,7 @@ def run(profile: Profile, out: Path, seed: int, cache: Path) -> dict[str, Any]:
         single_teacher=single,
         web_caption_kinds=world["web"]["caption_kinds"],
         caption_accuracy=captions,
+        preconditions=lines,
         seconds=round(time.perf_counter() - began - (teachers.train_seconds if how == "trained" else 0), 1),
     )
     (out / "table.md").write_text(table(rows, profile))

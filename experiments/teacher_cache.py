@@ -1,13 +1,13 @@
 """The miniature's teachers, trained once and cached by a key of everything that defines them.
 
-    python -m experiments.teacher_cache [--teacher-cache DIR] [--pack FILE]
+    python -m experiments.teacher_cache [--teacher-cache DIR] [--ship]
 
 The teachers are most of the miniature's cost (their budget is ten times the student's) and do not
 depend on any student run, so every run (both profiles, every seed, every ablation) reuses one set:
 `DIR/KEY/` holds each model as a `local-dir:` folder and `teachers.json` (what defines the set, each
 model's evaluation, the training time). KEY hashes the world's definition, the models' configs, the
 budget and the seed: changing any of them names another set. A set shipped with the repository
-(`experiments/shipped_teachers/KEY.tar.xz`, written by `--pack`) is unpacked instead of trained.
+(`experiments/shipped_teachers/KEY.tar.xz`, written by `--ship`) is unpacked instead of trained.
 Training resumes where it stopped (`DIR/training/`); the set appears under its final name only when
 every model is in it.
 """
@@ -198,7 +198,7 @@ def train(cache: Path, budget: TeacherBudget, key: str) -> TeacherSet:
         "world": world,
         "eval": {name: summaries[name]["eval"] for name in NAMES},
         "train_seconds": round(time.perf_counter() - began, 1),
-        "reproduce": "python -m experiments.teacher_cache --teacher-cache DIR",
+        "reproduce": "python -m experiments.teacher_cache --teacher-cache DIR --ship",
     }
     (staged / SET_FILE).write_text(json.dumps(record, indent=2) + "\n")
     _publish(staged, cache / key)
@@ -222,13 +222,17 @@ def teacher_set(cache: Path, budget: TeacherBudget) -> tuple[TeacherSet, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher-cache", type=Path, default=DEFAULT_CACHE, help="default: %(default)s")
-    parser.add_argument("--pack", type=Path, default=None, help="also write the set as this tar.xz")
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help=f"also write the set as {SHIPPED.name}/KEY.tar.xz in the repository",
+    )
     args = parser.parse_args(argv)
     with exit_on_interrupt(lambda: f"training resumes from {args.teacher_cache} when run again"):
         teachers, how = teacher_set(args.teacher_cache, TEACHER_BUDGET)
         print(f"teachers {teachers.key} ({how}): {teachers.folder}", file=sys.stderr)
-        if args.pack:
-            pack(teachers, args.pack)
+        if args.ship:
+            pack(teachers, SHIPPED / f"{teachers.key}.tar.xz")
     print(json.dumps({"key": teachers.key, "folder": str(teachers.folder), "eval": teachers.record["eval"]}))
 
 
