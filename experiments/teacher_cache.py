@@ -34,6 +34,8 @@ from experiments.world import build_world, definition, split_pattern
 from shards.interrupt import exit_on_interrupt
 from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHTS_FILE
 from teachers.tiny import local_dir_spec
+from trainer.plot import read_log
+from trainer.train import LOG_FILE
 
 DEFAULT_CACHE = Path("out") / "learning_efficiency_teachers"
 SHIPPED = Path(__file__).parent / "shipped_teachers"
@@ -83,6 +85,11 @@ class TeacherSet:
     @property
     def train_seconds(self) -> float:
         return float(self.record["train_seconds"])
+
+    def describe_training(self) -> str:
+        models = self.record.get("model_train_seconds", {})
+        each = ", ".join(f"{name} {seconds / 60:.0f} min" for name, seconds in models.items())
+        return f"{each}, one core each" if each else f"{self.train_seconds / 60:.0f} min"
 
 
 def key_of(budget: TeacherBudget) -> str:
@@ -161,6 +168,10 @@ def _model_runs(budget: TeacherBudget) -> dict[str, dict[str, Any]]:
     return recipes
 
 
+def _step_seconds(run: Path) -> float:
+    return round(sum(record["step_seconds"] for record in read_log(str(run / LOG_FILE))), 1)
+
+
 def train(cache: Path, budget: TeacherBudget, key: str) -> TeacherSet:
     """Train the set on its own clean split, evaluate each model on its test split, publish it.
 
@@ -197,6 +208,9 @@ def train(cache: Path, budget: TeacherBudget, key: str) -> TeacherSet:
         "budget": dataclasses.asdict(budget),
         "world": world,
         "eval": {name: summaries[name]["eval"] for name in NAMES},
+        # each model's own training (its steps' seconds, however many sessions it took), and the
+        # wall time of the call that finished the set (side by side, one core each)
+        "model_train_seconds": {name: _step_seconds(folders[name].parent.parent) for name in NAMES},
         "train_seconds": round(time.perf_counter() - began, 1),
         "reproduce": "python -m experiments.teacher_cache --teacher-cache DIR --ship",
     }
