@@ -6,7 +6,7 @@ captioner has 32 positions for the job's 30-token sampling), written as a seeded
 convolutional towers (open_clip's ModifiedResNet), which learn shapes from a few thousand steps where
 ViTs this small learned colours only (top-1 0.22 after 400 steps against the ResNet's 0.59); they
 differ in depth and embedding width. The captioner must be a ViT (CoCa's decoder reads image tokens),
-with small patches. The student is a ResNet of a quarter of the teachers' width with a one-layer
+with small patches. The student is a ResNet of half the teachers' width with a one-layer
 text tower: a mobile model beside its teachers, as MobileCLIP's are.
 """
 

@@ -11,15 +11,17 @@ import pytest
 from experiments import learning_efficiency
 from experiments.teacher_cache import SHIPPED, TEACHER_BUDGET, TeacherSet, key_of
 
-# Zero-shot top-1 (0-1, 300 test images) by which the reinforced student must beat the plain one, and
-# the negative controls fall below it, after the same 100 steps. Measured with `--quick` on this
-# 2-core machine, seeds 0 / 1 / 2 (final top-1):
-#   plain 0.083 / 0.060 / 0.113, reinforced 0.127 / 0.083 / 0.160: gaps 0.044 / 0.023 / 0.047;
-#   permuted 0.053 / 0.030 / 0.073, shuffled 0.023 / 0.027 / 0.020; steps_ratio 0.4 on each seed.
+# Zero-shot top-1 (0-1, 300 test images) after the same 80 steps at batch 128, `--quick` with the
+# shipped teachers on this 2-core machine, seeds 0 / 1 / 2 (final top-1):
+#   plain 0.110 / 0.127 / 0.093, reinforced 0.200 / 0.197 / 0.163: gaps 0.090 / 0.070 / 0.070;
+#   shuffled 0.050 / 0.030 / 0.037, permuted 0.053 / 0.080 / 0.037: at least 0.117 below reinforced;
+#   steps_ratio 0.5 / 0.75 / 0.5 (evaluations every 20 steps: 0.25, 0.5, 0.75 or 1.0 = never).
 # The test runs seed 0. Another CPU or library build rounds differently and so draws another run much
-# as another seed does; the smallest gap over the three seeds, 0.023, still clears MARGIN (6 of 300
-# test images), and the controls sit more than MARGIN below the reinforced student on every seed.
-MARGIN = 0.02
+# as another seed does: GAIN leaves 0.04 (12 test images) below the smallest gap, CONTROL_GAP half the
+# smallest distance to a control, and STEPS_RATIO is the worst seed's (one evaluation before the end).
+GAIN = 0.03
+CONTROL_GAP = 0.06
+STEPS_RATIO = 0.75
 
 
 def _evals(a: float, b: float) -> dict[str, dict[str, float]]:
@@ -39,9 +41,12 @@ def test_the_preconditions_name_what_is_not_met() -> None:
     assert "teacher_b zero-shot top-1 0.590" in failed[0] and "49.0%" in failed[1] and len(failed) == 2
 
 
-def test_weak_teachers_stop_the_run_before_any_student_trains(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+class _StudentsTrained(Exception):
+    pass
+
+
+def _weak_captioner_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose teacher_b misses its precondition, up to the students (which raise when trained)."""
     le = learning_efficiency
     teachers = TeacherSet(
         "k", tmp_path, {}, {"budget": dataclasses.asdict(TEACHER_BUDGET), "train_seconds": 60}
@@ -51,12 +56,18 @@ def test_weak_teachers_stop_the_run_before_any_student_trains(
     monkeypatch.setattr(le, "reinforce", lambda *args: tmp_path / "reinforced")
     monkeypatch.setattr(le, "caption_accuracy", lambda folder: {"original": 0.33, "synthetic": 0.7})
 
-    def no_students(*args: object) -> None:
-        raise AssertionError("a student trained although a precondition failed")
+    def students(*args: object) -> None:
+        raise _StudentsTrained
 
-    monkeypatch.setattr(le, "train_arms", no_students)
+    monkeypatch.setattr(le, "train_arms", students)
+
+
+def test_weak_teachers_stop_the_run_before_any_student_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _weak_captioner_run(tmp_path, monkeypatch)
     with pytest.raises(SystemExit) as exit_:
-        le.main(["--quick", "--out", str(tmp_path / "run")])
+        learning_efficiency.main(["--quick", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 3
     assert [line[:17] for line in err if line.startswith("precondition")] == [
@@ -65,6 +76,9 @@ def test_weak_teachers_stop_the_run_before_any_student_trains(
         "precondition ok  ",
     ]
     assert err[-1].startswith("error: ") and "teacher_b zero-shot top-1 0.300 >= 0.6" in err[-1], err[-1]
+    # asked for, the students train all the same
+    with pytest.raises(_StudentsTrained):
+        learning_efficiency.main(["--quick", "--out", str(tmp_path / "run"), "--ignore-preconditions"])
 
 
 @pytest.mark.slow
@@ -74,11 +88,14 @@ def test_quick_run_reinforced_beats_plain(tmp_path: Path, capsys: pytest.Capture
     assert (SHIPPED / f"{key}.tar.xz").is_file(), (
         f"no shipped teacher set {key}: run python -m experiments.teacher_cache --ship and commit it"
     )
-    learning_efficiency.main(
-        ["--quick", "--out", str(tmp_path / "run"), "--seed", "0", "--teacher-cache", str(tmp_path / "teachers")]
-    )
+    # The shipped captioner misses its precondition (README, "Does it work?"): the run reports that
+    # and, asked to, trains the students all the same; the teachers' preconditions must hold.
+    cache = str(tmp_path / "teachers")
+    argv = ["--quick", "--out", str(tmp_path / "run"), "--seed", "0", "--teacher-cache", cache]
+    learning_efficiency.main([*argv, "--ignore-preconditions"])
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert results["teachers_from"] == "shipped"
+    assert [line[:4] for line in results["preconditions"][:2]] == ["ok  ", "ok  "], results
     assert set(results["teacher_top1"]) == {"teacher_a", "teacher_b", "captioner"}
     arms = [f"{arm}_top1" for arm in learning_efficiency.ARMS]
     assert all(0.0 <= results[key] <= 1.0 for key in arms)
@@ -86,6 +103,6 @@ def test_quick_run_reinforced_beats_plain(tmp_path: Path, capsys: pytest.Capture
     assert results["steps_ratio"] <= STEPS_RATIO, results
     # stored targets that no longer fit their views lose the gain
     for control in ("shuffled_top1", "permuted_top1"):
-        assert results[control] <= results["reinforced_top1"] - GAIN, results
+        assert results[control] <= results["reinforced_top1"] - CONTROL_GAP, results
     for name in ("curves.png", "table.md", "results.json"):
         assert (tmp_path / "run" / name).stat().st_size > 0
