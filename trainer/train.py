@@ -125,9 +125,10 @@ RUN_KEYS = (
     "seed",
     "shuffle_buffer",
     "keep_uids",
+    "distil_from",
 )
 # What a run from before these settings existed had (its checkpoints resume as such).
-RUN_KEY_DEFAULTS = {"accum_steps": 1, "world_size": 1}
+RUN_KEY_DEFAULTS = {"accum_steps": 1, "world_size": 1, "distil_from": None}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -55,3 +55,18 @@ def test_a_teacher_that_is_not_there_is_one_line(
         train.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1 and says in err[0], err
+
+
+def test_a_run_resumes_only_with_the_same_teachers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_shards(tmp_path / "data", ShardSpec(shards=1, per_shard=8))
+    _first_kd(tmp_path / "data", tmp_path / "run", "--distil-from", "0")
+    argv = [
+        "--data", str(tmp_path / "data" / "*.tar"), "--model", "tiny", "--steps", "1", "--batch-size", "8",
+        "--output", str(tmp_path / "run"), "--seed", "3", *FLAGS, "--distil-from", "1",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        train.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and "holds a run with different distil_from;" in err[-1], err
