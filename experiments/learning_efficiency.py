@@ -1,6 +1,7 @@
 """Does reinforced data teach faster? A miniature of MobileCLIP's learning-efficiency ablation.
 
     python -m experiments.learning_efficiency [--quick] [--out DIR] [--seed N] [--teacher-cache DIR]
+                                              [--ignore-preconditions]
 
 End to end through our own code, in the paper's setting: a seeded shape world written as raw
 img2dataset shards (`experiments.world`); two CLIP teachers and a CoCa captioner that know far more
@@ -8,13 +9,13 @@ than the student (ten times its compute, on a clean split ten times its web spli
 `trainer.train --mode plain|coca` and cached by `experiments.teacher_cache`); the noisy web split
 reinforced by `python -m pipeline.reinforce`; the preconditions (each teacher's zero-shot top-1, the
 captioner's accuracy on the web images) checked and printed before any student trains, the run
-stopping with exit 3 if one fails; then the same student trained for the same steps on (a) the raw
-web split, plain CLIP loss; (b) the reinforced split, full loss; (c) KD with original captions only;
-(d) synthetic captions only, λ = 0; (g) the full loss with KD from the better teacher alone; and two
-negative controls, (e) image embeddings shuffled across samples and (f) view rows permuted within
-each sample (`experiments.controls`). Every arm is evaluated on the test split every few steps. DIR
-gets the runs, `curves.png`, `table.md` and `results.json`; the last line printed is the results as
-one JSON object.
+stopping with exit 3 if one fails (unless --ignore-preconditions); then the same student trained for
+the same steps on (a) the raw web split, plain CLIP loss; (b) the reinforced split, full loss; (c)
+KD with original captions only; (d) synthetic captions only, λ = 0; (g) the full loss with KD from
+the better teacher alone; and two negative controls, (e) image embeddings shuffled across samples
+and (f) view rows permuted within each sample (`experiments.controls`). Every arm is evaluated on
+the test split every few steps. DIR gets the runs, `curves.png`, `table.md` and `results.json`; the
+last line printed is the results as one JSON object.
 
 Re-running the same command on the same DIR resumes: the world is rewritten byte for byte, finished
 training runs and reinforced shards are kept (the trainer and the job resume), the rest is done.
