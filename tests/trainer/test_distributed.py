@@ -98,17 +98,23 @@ def _assert_same(a: tuple[list, dict], b: tuple[list, dict]) -> None:
     assert any(not torch.equal(moved[k], a[1][k]) for k in moved)  # the steps did change the weights
 
 
-@pytest.fixture
-def batches(make_shards: Callable[..., Any]) -> list[Batch]:
-    folder, _ = make_shards(shards=2, per_shard=12)
+def _stream(paths: list[str], batch_size: int, **options: Any) -> ReinforcedStream:
+    """The tiny student's stream over `paths` (options: epochs, rank, world_size, start, ...)."""
     student = create_student("tiny", seed=0)
-    stream = ReinforcedStream(
-        list_shards([str(folder / "*.tar")]),
+    return ReinforcedStream(
+        paths,
         SETTINGS,
         image_size=student.image_size,
         tokenizer=student.tokenizer,
-        batch_size=BATCH,
+        batch_size=batch_size,
+        **options,
     )
+
+
+@pytest.fixture
+def batches(make_shards: Callable[..., Any]) -> list[Batch]:
+    folder, _ = make_shards(shards=2, per_shard=12)
+    stream = _stream(list_shards([str(folder / "*.tar")]), BATCH)
     loader = in_worker_order(iter(make_loader(stream, 0)), 0)
     return [next(loader) for _ in range(STEPS)]
 
@@ -187,19 +193,9 @@ def test_over_one_epoch_every_sample_is_read_once_across_ranks(
 ) -> None:
     folder, samples = make_shards(shards=shards, per_shard=3)
     paths = list_shards([str(folder / "*.tar")])
-    student = create_student("tiny", seed=0)
     seen: list[str] = []
     for rank in range(2):
-        stream = ReinforcedStream(
-            paths,
-            SETTINGS,
-            image_size=student.image_size,
-            tokenizer=student.tokenizer,
-            batch_size=2,
-            epochs=1,
-            rank=rank,
-            world_size=2,
-        )
+        stream = _stream(paths, 2, epochs=1, rank=rank, world_size=2)
         seen += [key for batch in make_loader(stream, workers) for key in batch.keys]
     assert sorted(seen) == sorted(s.key for s in samples)
     shares = [shard_share(paths, r, 2, w, max(1, workers)) for r in range(2) for w in range(max(1, workers))]
@@ -209,20 +205,10 @@ def test_over_one_epoch_every_sample_is_read_once_across_ranks(
 def test_each_rank_resumes_its_own_stream_exactly(make_shards: Callable[..., Any]) -> None:
     folder, _ = make_shards(shards=4, per_shard=3)
     paths = list_shards([str(folder / "*.tar")])
-    student = create_student("tiny", seed=0)
 
     def batches(cursor: DataCursor, count: int) -> list[Batch]:
-        stream = ReinforcedStream(
-            paths,
-            SETTINGS,
-            image_size=student.image_size,
-            tokenizer=student.tokenizer,
-            batch_size=2,
-            shuffle_buffer=4,
-            start=cursor.positions,
-            skipped=cursor.skipped,
-            rank=1,
-            world_size=2,
+        stream = _stream(
+            paths, 2, shuffle_buffer=4, start=cursor.positions, skipped=cursor.skipped, rank=1, world_size=2
         )
         loader = in_worker_order(iter(make_loader(stream, 0)), 0, cursor.next_worker)
         return [next(loader) for _ in range(count)]
