@@ -40,7 +40,14 @@ import torch
 
 from experiments.controls import CONTROLS, write_control
 from experiments.models import CAPTIONER, STUDENT, TEACHERS, write_initial
-from experiments.teacher_cache import DEFAULT_CACHE, TEACHER_BUDGET, TeacherSet, key_of, teacher_set
+from experiments.teacher_cache import (
+    DEFAULT_CACHE,
+    TEACHER_BUDGET,
+    TeacherSet,
+    check_cache,
+    key_of,
+    teacher_set,
+)
 from experiments.training import train_side_by_side
 from experiments.world import CLASSNAMES, build_world, definition, names_every_object, split_pattern
 from shards import storage
@@ -397,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_interrupt(lambda: f"finished runs are kept in {out}; run the same command again to resume"):
         try:
             check_out(out, profile, args.seed)
+            check_cache(args.teacher_cache)
         except OutputRefused as error:
             parser.exit(2, f"error: {error}\n")
         out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from experiments.models import CAPTIONER, MODELS, PREPROCESS, TEACHERS, write_in
 from experiments.training import LEARNING_RATE, final_checkpoint, train_side_by_side
 from experiments.world import build_world, definition, split_pattern
 from shards.interrupt import exit_on_interrupt
+from shards.write_guard import OutputRefused
 from teachers.specs import LOCAL_DIR, OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHTS_FILE
 from teachers.tiny import local_dir_spec
 from trainer.plot import read_log
@@ -221,6 +222,12 @@ def train(cache: Path, budget: TeacherBudget, key: str) -> TeacherSet:
     return teachers
 
 
+def check_cache(cache: Path) -> None:
+    """The cache is a folder (new or not): sets are only ever added to it, never written over."""
+    if cache.exists() and not cache.is_dir():
+        raise OutputRefused(f"--teacher-cache {cache} is a file; name a folder (new or a cache of ours)")
+
+
 def teacher_set(cache: Path, budget: TeacherBudget) -> tuple[TeacherSet, str]:
     """The set for `budget`: cached, else shipped, else trained now; and which of the three it was."""
     key = key_of(budget)
@@ -242,6 +249,10 @@ def main(argv: list[str] | None = None) -> None:
         help=f"also write the set as {SHIPPED.name}/KEY.tar.xz in the repository",
     )
     args = parser.parse_args(argv)
+    try:
+        check_cache(args.teacher_cache)
+    except OutputRefused as error:
+        parser.exit(2, f"error: {error}\n")
     with exit_on_interrupt(lambda: f"training resumes from {args.teacher_cache} when run again"):
         teachers, how = teacher_set(args.teacher_cache, TEACHER_BUDGET)
         print(f"teachers {teachers.key} ({how}): {teachers.folder}", file=sys.stderr)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from experiments import teacher_cache, world
+from experiments import learning_efficiency, teacher_cache, world
 from experiments.teacher_cache import NAMES, SET_FILE, TEACHER_BUDGET, key_of, pack, teacher_set
 from teachers.specs import OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHTS_FILE
 
@@ -65,3 +66,21 @@ def test_a_set_without_its_record_is_not_taken_as_complete(tmp_path: Path) -> No
     _fake_set(tmp_path / key)
     (tmp_path / key / SET_FILE).unlink()
     assert teacher_cache._complete(tmp_path / key) is None
+
+
+@pytest.mark.parametrize("command", [teacher_cache.main, learning_efficiency.main])
+def test_a_file_as_the_cache_is_one_line_and_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: Any
+) -> None:
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    argv = ["--teacher-cache", str(victim)]
+    if command is learning_efficiency.main:
+        argv += ["--quick", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_:
+        command(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == [
+        f"error: --teacher-cache {victim} is a file; name a folder (new or a cache of ours)"
+    ]
+    assert victim.read_text() == "mine"
