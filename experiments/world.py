@@ -1,13 +1,14 @@
 """A small image-text world whose captions describe the pictures, written as raw img2dataset shards.
 
-A scene is one to three objects (shape, colour, size, position on a 3x3 grid) on a textured
-background, rendered at 64 px. Captions say exactly that ("a large red circle at the top left and a
-small blue star in the center on a striped background", in the terse words of alt-text: "large red
-circle top left and small blue star center on striped background"), so a model can learn the world
-from them; every caption fits a 24-token context.
-Three splits, each a folder of raw shards (contract §1):
+A scene is one or two objects (shape, colour, size, position on a 2x2 grid) on a textured
+background, rendered at 64 px. Captions say exactly that, in the terse words of alt-text ("large red
+circle top left and small blue star on striped background"), so a model can learn the world from
+them; every caption fits a 24-token context.
+Four splits, each a folder of raw shards (contract §1):
 
 - `clean`: accurate captions, for the teachers;
+- `single`: the same with one object per picture: the captioner's first lesson (a ViT this small
+  learns shapes from pictures of one object, not yet from pictures of two);
 - `web`: the same kind of scenes with alt-text-like captions: some accurate, some partial (one object,
   some attributes, junk words), some unrelated (another scene's caption, or junk);
 - `test`: one object per image, labelled with its class (colour + shape) as a `cls` member, with
@@ -72,7 +73,7 @@ _JUNK = (
 )
 SAMPLES_PER_SHARD = 1000
 FAILED_PER_SHARD = 3  # failed downloads img2dataset records in the parquet only
-_SEEDS = {"clean": 11, "web": 22, "test": 33}
+_SEEDS = {"clean": 11, "web": 22, "test": 33, "single": 44}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +230,7 @@ def web_caption(scene: Scene, other: Scene, rng: np.random.Generator) -> tuple[s
 
 def _sample(split: str, index: int, seed: int) -> tuple[Scene, dict[str, Any], bytes]:
     rng = np.random.Generator(np.random.PCG64([seed, _SEEDS[split], index]))
-    objects = 1 if split == "test" else int(rng.integers(1, MAX_OBJECTS + 1))
+    objects = 1 if split in ("test", "single") else int(rng.integers(1, MAX_OBJECTS + 1))
     scene = draw_scene(rng, objects)
     image = render(scene, rng)
     extra: dict[str, Any] = {}
@@ -237,7 +238,7 @@ def _sample(split: str, index: int, seed: int) -> tuple[Scene, dict[str, Any], b
         kind, caption = web_caption(scene, draw_scene(rng, int(rng.integers(1, MAX_OBJECTS + 1))), rng)
         extra["caption_kind"] = kind
     else:  # the test split's captions say everything: retrieval must tell every detail apart
-        caption = scene.caption(rng if split == "clean" else None)
+        caption = scene.caption(rng if split in ("clean", "single") else None)
     return scene, {"caption": caption, **extra}, image
 
 

@@ -12,7 +12,7 @@ from experiments import world
 from shards.raw import RawSample, iter_raw_shard
 from shards.reinforced import iter_members
 
-SIZES = {"clean": 20, "web": 60, "test": 12}
+SIZES = {"clean": 20, "single": 20, "web": 60, "test": 12}
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,13 @@ def test_every_split_reads_back_with_no_skip(built: tuple[Path, dict]) -> None:
         assert [item.key for item in items] != sorted(item.key for item in items)  # completion order
 
 
-def test_clean_captions_describe_the_scene_in_varying_detail(built: tuple[Path, dict]) -> None:
+@pytest.mark.parametrize("split", ["clean", "single"])
+def test_clean_captions_describe_the_scene_in_varying_detail(built: tuple[Path, dict], split: str) -> None:
     out, _ = built
-    details = set()
-    for item in iter_raw_shard(str(out / "clean" / "00000000.tar")):
+    details, objects = set(), set()
+    for item in iter_raw_shard(str(out / split / "00000000.tar")):
         scene = item.meta["scene"]
+        objects.add(len(scene["things"]))
         assert world.names_every_object(item.caption, scene), item.caption
         for thing in scene["things"]:
             thing = world.Thing(**thing)
@@ -51,6 +53,7 @@ def test_clean_captions_describe_the_scene_in_varying_detail(built: tuple[Path, 
         assert words & set(world.BACKGROUNDS) <= {scene["background"]}, item.caption
         details.add(item.caption.endswith("background"))
     assert details == {True, False}  # full captions and terse ones ("red circle") both occur
+    assert objects == ({1} if split == "single" else {1, 2})
 
 
 def test_test_captions_say_everything(built: tuple[Path, dict]) -> None:
