@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -48,7 +49,7 @@ from experiments.teacher_cache import (
     key_of,
     teacher_set,
 )
-from experiments.training import train_side_by_side
+from experiments.training import train, train_side_by_side
 from experiments.world import CLASSNAMES, build_world, definition, names_every_object, split_pattern
 from shards import storage
 from shards.interrupt import exit_on_interrupt
@@ -193,9 +194,8 @@ def train_arms(out: Path, reinforced: Path, profile: Profile, seed: int, single:
     for arm in ARMS:
         pattern, *flags = data[arm]
         extra = ("--eval-data", test, "--eval-every", str(profile.eval_every), *flags)
-        runs[arm] = (
-            (pattern, student, folders[arm], profile.student_steps, profile.batch_size, seed, *extra),
-            {},
+        runs[arm] = functools.partial(
+            train, pattern, student, folders[arm], profile.student_steps, profile.batch_size, seed, *extra
         )
     for arm, summary in train_side_by_side(runs).items():
         print(f"{arm}: zero-shot top-1 {summary['eval']['zeroshot_top1']:.3f}", file=sys.stderr)

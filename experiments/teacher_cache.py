@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ from typing import Any
 
 from experiments.models import CAPTIONER, MODELS, PREPROCESS, TEACHERS, write_initial
 from experiments.training import LEARNING_RATE, final_checkpoint, train_side_by_side
+from experiments.training import train as train_model
 from experiments.world import build_world, definition, split_pattern
 from shards.interrupt import exit_on_interrupt
 from shards.write_guard import OutputRefused
@@ -49,10 +51,12 @@ class TeacherBudget:
     """What the teachers learn from and for how long: decided with the setting, before any student."""
 
     clean: int  # images with accurate captions
+    single: int  # the same with one object each: the captioner's first stage
     test: int  # held-out images the teachers are evaluated on
     steps: int  # each CLIP teacher's optimizer steps
     batch_size: int
-    captioner_steps: int
+    captioner_first_steps: int  # contrastive only, on `single`, at the teachers' batch size and lr
+    captioner_steps: int  # then the CoCa loss on `clean`
     captioner_batch_size: int  # the captioner's vocabulary-wide output layer makes its steps costly
     lr: float
     captioner_lr: float
@@ -63,9 +67,11 @@ class TeacherBudget:
 # ten times its web split (4,000).
 TEACHER_BUDGET = TeacherBudget(
     clean=40_000,
+    single=40_000,
     test=600,
     steps=2_000,
     batch_size=128,
+    captioner_first_steps=1_000,
     captioner_steps=2_000,
     captioner_batch_size=32,
     lr=LEARNING_RATE,
@@ -155,7 +161,12 @@ def _hash(defined: Any) -> str:
 
 
 def _model_runs(budget: TeacherBudget) -> dict[str, dict[str, Any]]:
-    """Each model's training recipe (run by `training.train`); the longest run first, beside the others."""
+    """Each model's training recipe (run by `training.train`); the longest run first, beside the others.
+
+    The captioner starts with a first stage (`first`): its CLIP half learns shapes contrastively from
+    one-object pictures, as a ViT this small does not from pictures of two; its CoCa training then
+    starts from those weights.
+    """
     recipes = {}
     for index, name in enumerate((CAPTIONER, *TEACHERS)):
         coca = name == CAPTIONER
@@ -166,38 +177,74 @@ def _model_runs(budget: TeacherBudget) -> dict[str, dict[str, Any]]:
             "lr": budget.captioner_lr if coca else budget.lr,
             "initial_seed": 1000 * budget.seed + index,
         }
+        if coca:
+            first = {"split": "single", "steps": budget.captioner_first_steps}
+            recipes[name]["first"] = {**first, "batch_size": budget.batch_size, "lr": budget.lr}
     return recipes
 
 
-def _step_seconds(run: Path) -> float:
-    return round(sum(record["step_seconds"] for record in read_log(str(run / LOG_FILE))), 1)
+def _stage(data: str, test: str, start: str, run: Path, recipe: dict[str, Any], seed: int, label: str):
+    """One `training.train` run of a recipe; checkpoints along the way, so that an interrupted hour of
+    training resumes instead of starting over."""
+    steps, every = recipe["steps"], max(1, recipe["steps"] // 5)
+    flags = ("--mode", recipe.get("mode", "plain"), "--eval-data", test, "--eval-every", str(every))
+    return functools.partial(
+        train_model,
+        data, start, run, steps, recipe["batch_size"], seed, *flags,
+        lr=recipe["lr"], label=label, checkpoint_every=every,
+    )  # fmt: skip
 
 
-def train(cache: Path, budget: TeacherBudget, key: str) -> TeacherSet:
-    """Train the set on its own clean split, evaluate each model on its test split, publish it.
+def _train_stages(stages: list[functools.partial]) -> dict[str, Any]:
+    """Stages in order, each starting from the last one's final weights; the last one's summary."""
+    return [stage() for stage in stages][-1]
+
+
+def _step_seconds(folder: Path) -> float:
+    """A model's training seconds: the steps of each of its stages, however many sessions they took."""
+    logs = [run / LOG_FILE for run in (folder / "first", folder / "run") if (run / LOG_FILE).is_file()]
+    return round(sum(record["step_seconds"] for log in logs for record in read_log(str(log))), 1)
+
+
+def _plan(
+    cache: Path, budget: TeacherBudget
+) -> tuple[dict[str, Any], dict[str, functools.partial], dict[str, Path]]:
+    """Write the world's splits; returns what was written, each model's training (its stages in
+    turn) and the folder its final weights will be in.
 
     Each model trains in `DIR/training/NAME-<its own key>` and the world is written once per
     definition, both kept: a set that differs in one model's budget trains that model only, and an
     interrupted training resumes.
     """
-    began = time.perf_counter()
     sizes = {"clean": budget.clean, "test": budget.test}
     work = cache / "training"
     world_folder = work / f"world-{_hash([definition(), sizes, budget.seed])}"
     world = build_world(world_folder, sizes, seed=budget.seed)
     clean, test = split_pattern(world_folder, "clean"), split_pattern(world_folder, "test")
+    single_folder = work / f"world-{_hash([definition(), {'single': budget.single}, budget.seed])}"
+    world.update(build_world(single_folder, {"single": budget.single}, seed=budget.seed))
     runs, folders = {}, {}
     for name, recipe in _model_runs(budget).items():
         folder = (
             work / f"{name}-{_hash([definition(), sizes, budget.seed, MODELS[name], PREPROCESS, recipe])}"
         )
-        initial = write_initial(name, folder / "initial", seed=recipe["initial_seed"])
-        steps = recipe["steps"]
-        flags = ("--mode", recipe["mode"], "--eval-data", test, "--eval-every", str(max(1, steps // 5)))
-        run = (clean, initial, folder / "run", steps, recipe["batch_size"], budget.seed, *flags)
-        # checkpoints along the way: an interrupted hour of training resumes, it does not start over
-        runs[name] = (run, {"lr": recipe["lr"], "label": name, "checkpoint_every": max(1, steps // 5)})
-        folders[name] = Path(final_checkpoint(folder / "run", steps).removeprefix(LOCAL_DIR))
+        start = write_initial(name, folder / "initial", seed=recipe["initial_seed"])
+        stages = []
+        if "first" in recipe:
+            first = recipe["first"]
+            data = split_pattern(single_folder, first["split"])
+            stages.append(_stage(data, test, start, folder / "first", first, budget.seed, f"{name} first"))
+            start = final_checkpoint(folder / "first", first["steps"])
+        stages.append(_stage(clean, test, start, folder / "run", recipe, budget.seed, name))
+        runs[name] = functools.partial(_train_stages, stages)
+        folders[name] = Path(final_checkpoint(folder / "run", recipe["steps"]).removeprefix(LOCAL_DIR))
+    return world, runs, folders
+
+
+def train(cache: Path, budget: TeacherBudget, key: str) -> TeacherSet:
+    """Train the set, evaluate each model on the test split, publish it."""
+    began = time.perf_counter()
+    world, runs, folders = _plan(cache, budget)
     summaries = train_side_by_side(runs)
     staged = Path(tempfile.mkdtemp(prefix=f"{key}.staged-", dir=cache))
     for name in NAMES:
@@ -211,7 +258,7 @@ def train(cache: Path, budget: TeacherBudget, key: str) -> TeacherSet:
         "eval": {name: summaries[name]["eval"] for name in NAMES},
         # each model's own training (its steps' seconds, however many sessions it took), and the
         # wall time of the call that finished the set (side by side, one core each)
-        "model_train_seconds": {name: _step_seconds(folders[name].parent.parent) for name in NAMES},
+        "model_train_seconds": {name: _step_seconds(folders[name].parents[2]) for name in NAMES},
         "train_seconds": round(time.perf_counter() - began, 1),
         "reproduce": "python -m experiments.teacher_cache --teacher-cache DIR --ship",
     }

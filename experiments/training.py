@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -66,15 +67,16 @@ def _ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the experiment's own process stops its runs
 
 
-def train_side_by_side(runs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]]) -> dict[str, dict]:
-    """Independent training runs (name -> `train` arguments), one process per core: each run is
-    seeded and single-threaded, so its figures do not depend on what runs beside it."""
+def train_side_by_side(runs: dict[str, Callable[[], dict]]) -> dict[str, dict]:
+    """Independent training runs (name -> a picklable call of `train`, or of several in turn), one
+    process per core: each run is seeded and single-threaded, so its figures do not depend on what
+    runs beside it."""
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
         max_workers=max(1, os.cpu_count() or 1), mp_context=context, initializer=_ignore_ctrl_c
     )
     try:
-        futures = {name: pool.submit(train, *args, **kwargs) for name, (args, kwargs) in runs.items()}
+        futures = {name: pool.submit(run) for name, run in runs.items()}
         return {name: future.result() for name, future in futures.items()}
     finally:  # on Ctrl-C, waiting for the runs would take minutes: exit_on_interrupt ends them
         pool.shutdown(wait=False, cancel_futures=True)

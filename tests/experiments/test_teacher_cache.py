@@ -17,7 +17,15 @@ from teachers.specs import OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHTS_FILE
 def test_the_key_names_everything_that_defines_the_teachers(monkeypatch: pytest.MonkeyPatch) -> None:
     key = key_of(TEACHER_BUDGET)
     assert key == key_of(dataclasses.replace(TEACHER_BUDGET))
-    for change in ({"steps": TEACHER_BUDGET.steps + 1}, {"seed": 1}, {"clean": 10}, {"lr": 1e-3}):
+    changes = (
+        {"steps": TEACHER_BUDGET.steps + 1},
+        {"seed": 1},
+        {"clean": 10},
+        {"single": 10},
+        {"captioner_first_steps": 1},
+        {"lr": 1e-3},
+    )
+    for change in changes:
         assert key_of(dataclasses.replace(TEACHER_BUDGET, **change)) != key, change
     monkeypatch.setattr(world, "SIZES", {"small": 9.0, "large": 15.0})
     assert key_of(TEACHER_BUDGET) != key
@@ -84,3 +92,32 @@ def test_a_file_as_the_cache_is_one_line_and_untouched(
         f"error: --teacher-cache {victim} is a file; name a folder (new or a cache of ours)"
     ]
     assert victim.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_a_tiny_budget_trains_the_set_with_the_captioner_in_two_stages(tmp_path: Path) -> None:
+    budget = dataclasses.replace(
+        TEACHER_BUDGET,
+        clean=24,
+        single=16,
+        test=12,
+        steps=2,
+        batch_size=8,
+        captioner_first_steps=2,
+        captioner_steps=1,
+        captioner_batch_size=4,
+    )
+    teachers, how = teacher_set(tmp_path, budget)
+    assert how == "trained" and teachers.key == key_of(budget)
+    record = teachers.record
+    assert sorted(record["eval"]) == sorted(NAMES) and record["world"]["single"]["samples"] == 16
+    assert all(seconds > 0 for seconds in record["model_train_seconds"].values())
+    runs = {run.parent.name.split("-")[0]: run for run in (tmp_path / "training").glob("*/run")}
+    started = {name: json.loads((run / "train_config.json").read_text())["run"] for name, run in runs.items()}
+    # the captioner's CoCa stage starts from the weights its contrastive first stage ended with
+    first = runs["captioner"].parent / "first"
+    assert started["captioner"]["model"] == f"local-dir:{(first / 'checkpoints' / 'step_00000002').resolve()}"
+    assert json.loads((first / "train_config.json").read_text())["run"]["mode"] == "plain"
+    assert started["captioner"]["mode"] == "coca" and started["captioner"]["steps"] == 1
+    assert not (runs["teacher_a"].parent / "first").exists()
+    assert teacher_set(tmp_path, budget)[1] == "cached"
