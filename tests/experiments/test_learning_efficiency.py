@@ -13,14 +13,14 @@ from experiments.teacher_cache import SHIPPED, TEACHER_BUDGET, TeacherSet, key_o
 
 # Zero-shot top-1 (0-1, 300 test images) after the same 80 steps at batch 128, `--quick` with the
 # shipped teachers on this 2-core machine, seeds 0 / 1 / 2 (final top-1):
-#   plain 0.110 / 0.127 / 0.093, reinforced 0.200 / 0.197 / 0.163: gaps 0.090 / 0.070 / 0.070;
-#   shuffled 0.050 / 0.030 / 0.037, permuted 0.053 / 0.080 / 0.037: at least 0.117 below reinforced;
-#   steps_ratio 0.5 / 0.75 / 0.5 (evaluations every 20 steps: 0.25, 0.5, 0.75 or 1.0 = never).
+#   plain 0.110 / 0.127 / 0.093, reinforced 0.207 / 0.230 / 0.140: gaps 0.097 / 0.103 / 0.047;
+#   shuffled 0.050 / 0.030 / 0.037, permuted 0.107 / 0.057 / 0.037: at least 0.100 below reinforced;
+#   steps_ratio 0.5 / 0.75 / 0.75 (evaluations every 20 steps: 0.25, 0.5, 0.75 or 1.0 = never).
 # The test runs seed 0. Another CPU or library build rounds differently and so draws another run much
-# as another seed does: GAIN leaves 0.04 (12 test images) below the smallest gap, CONTROL_GAP half the
-# smallest distance to a control, and STEPS_RATIO is the worst seed's (one evaluation before the end).
-GAIN = 0.03
-CONTROL_GAP = 0.06
+# as another seed does: GAIN leaves 0.027 (8 test images) below the smallest gap, CONTROL_GAP is half
+# the smallest distance to a control, and STEPS_RATIO is the worst seed's (one evaluation before the end).
+GAIN = 0.02
+CONTROL_GAP = 0.05
 STEPS_RATIO = 0.75
 
 
@@ -88,14 +88,14 @@ def test_quick_run_reinforced_beats_plain(tmp_path: Path, capsys: pytest.Capture
     assert (SHIPPED / f"{key}.tar.xz").is_file(), (
         f"no shipped teacher set {key}: run python -m experiments.teacher_cache --ship and commit it"
     )
-    # The shipped captioner misses its precondition (README, "Does it work?"): the run reports that
-    # and, asked to, trains the students all the same; the teachers' preconditions must hold.
+    # without --ignore-preconditions: the shipped teachers and captioner must meet them (captions
+    # naming every object: 67.2% to 68.9% on the three seeds, against >= 50%)
     cache = str(tmp_path / "teachers")
     argv = ["--quick", "--out", str(tmp_path / "run"), "--seed", "0", "--teacher-cache", cache]
-    learning_efficiency.main([*argv, "--ignore-preconditions"])
+    learning_efficiency.main(argv)
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert results["teachers_from"] == "shipped"
-    assert [line[:4] for line in results["preconditions"][:2]] == ["ok  ", "ok  "], results
+    assert results["preconditions_met"] is True, results["preconditions"]
     assert set(results["teacher_top1"]) == {"teacher_a", "teacher_b", "captioner"}
     arms = [f"{arm}_top1" for arm in learning_efficiency.ARMS]
     assert all(0.0 <= results[key] <= 1.0 for key in arms)
