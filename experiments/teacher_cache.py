@@ -178,16 +178,23 @@ def _model_runs(budget: TeacherBudget) -> dict[str, dict[str, Any]]:
             "initial_seed": 1000 * budget.seed + index,
         }
         if coca:
-            first = {"split": "single", "steps": budget.captioner_first_steps}
-            recipes[name]["first"] = {**first, "batch_size": budget.batch_size, "lr": budget.lr}
+            recipes[name]["first"] = {
+                "mode": "plain",
+                "split": "single",
+                "steps": budget.captioner_first_steps,
+                "batch_size": budget.batch_size,
+                "lr": budget.lr,
+            }
     return recipes
 
 
-def _stage(data: str, test: str, start: str, run: Path, recipe: dict[str, Any], seed: int, label: str):
+def _stage(
+    data: str, test: str, start: str, run: Path, recipe: dict[str, Any], seed: int, label: str
+) -> functools.partial:
     """One `training.train` run of a recipe; checkpoints along the way, so that an interrupted hour of
     training resumes instead of starting over."""
     steps, every = recipe["steps"], max(1, recipe["steps"] // 5)
-    flags = ("--mode", recipe.get("mode", "plain"), "--eval-data", test, "--eval-every", str(every))
+    flags = ("--mode", recipe["mode"], "--eval-data", test, "--eval-every", str(every))
     return functools.partial(
         train_model,
         data, start, run, steps, recipe["batch_size"], seed, *flags,
@@ -197,7 +204,9 @@ def _stage(data: str, test: str, start: str, run: Path, recipe: dict[str, Any], 
 
 def _train_stages(stages: list[functools.partial]) -> dict[str, Any]:
     """Stages in order, each starting from the last one's final weights; the last one's summary."""
-    return [stage() for stage in stages][-1]
+    for stage in stages:
+        summary = stage()
+    return summary
 
 
 def _step_seconds(folder: Path) -> float:
